@@ -1,0 +1,132 @@
+"""Writes tiny, deterministic, random-weight SD1.5-layout checkpoints for the demo and tests.
+
+No real weights can be downloaded here, so the demo and the integration tests run on these:
+they prove the whole pipeline (ComfyUI detects and loads them as SD1.5 / InstructPix2Pix,
+our nodes convert and inflate their UNet), not image quality. Layout as in a real
+single-file SD1.5 checkpoint: `model.diffusion_model.*` (a one-level UNet with SD1.5's 320
+channels and 768-wide context, ~26M parameters), `first_stage_model.*` (the standard SD
+VAE, which ComfyUI builds at a fixed size) and `cond_stage_model.transformer.*` (CLIP-L
+text encoder, fixed size). Weights are float16 from a seeded generator per tensor.
+
+A file is rewritten only when its spec or this script changed (a hash kept in the
+safetensors metadata). Run with ComfyUI importable: `--comfy DIR` (setup_host.sh does this).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import pathlib
+import sys
+
+TINY_UNET = {
+    "image_size": 32,
+    "model_channels": 320,
+    "out_channels": 4,
+    "num_res_blocks": [1],
+    "channel_mult": [1],
+    "num_heads": 8,
+    "use_spatial_transformer": True,
+    "transformer_depth": [1],
+    "transformer_depth_output": [1, 1],
+    "transformer_depth_middle": 1,
+    "context_dim": 768,
+    "use_linear_in_transformer": False,
+}
+SD_VAE = {
+    "double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
+    "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0,
+}
+CHECKPOINTS = {
+    # name -> UNet input channels (8 = InstructPix2Pix: noisy latent + source-image latent)
+    "smoothvideo_tiny_sd15.safetensors": 4,
+    "smoothvideo_tiny_ip2p.safetensors": 8,
+}
+SEED = 20240101
+
+
+def spec_hash(in_channels: int) -> str:
+    spec = {"unet": TINY_UNET, "in_channels": in_channels, "vae": SD_VAE, "seed": SEED}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
+    digest.update(pathlib.Path(__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def layout(comfy_dir: pathlib.Path, in_channels: int) -> dict:
+    """Key -> shape of the three sub-models, taken from ComfyUI's own classes built on 'meta'."""
+    sys.path.insert(0, str(comfy_dir))
+    from comfy.cli_args import args
+
+    args.cpu = True
+    import torch
+    import comfy.clip_model
+    import comfy.ops
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    ops = comfy.ops.disable_weight_init
+    unet = UNetModel(in_channels=in_channels, device="meta", operations=ops, **TINY_UNET)
+    with torch.device("meta"):
+        vae = AutoencoderKL(ddconfig=SD_VAE, embed_dim=4)
+    clip_config = json.loads((comfy_dir / "comfy" / "sd1_clip_config.json").read_text())
+    clip = comfy.clip_model.CLIPTextModel(clip_config, None, "meta", ops)
+    shapes = {}
+    for prefix, module in (
+        ("model.diffusion_model.", unet),
+        ("first_stage_model.", vae),
+        ("cond_stage_model.transformer.", clip),
+    ):
+        for key, tensor in module.state_dict().items():
+            shapes[prefix + key] = tuple(tensor.shape)
+    return shapes
+
+
+def init_tensor(name: str, shape: tuple):
+    """Deterministic per name: weights ~ N(0, 1/fan_in), 1-d norm weights 1, biases 0."""
+    import torch
+
+    if name.endswith("text_projection.weight"):
+        return torch.eye(shape[0], dtype=torch.float16)
+    if name.endswith("bias"):
+        return torch.zeros(shape, dtype=torch.float16)
+    if len(shape) == 1:
+        return torch.ones(shape, dtype=torch.float16)
+    fan_in = 1
+    for size in shape[1:]:
+        fan_in *= size
+    seed = (SEED + int(hashlib.sha256(name.encode()).hexdigest()[:12], 16)) % (2**63)
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=generator) / fan_in**0.5).to(torch.float16)
+
+
+def write_checkpoint(comfy_dir: pathlib.Path, path: pathlib.Path, in_channels: int) -> bool:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    wanted = spec_hash(in_channels)
+    if path.exists():
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}).get("smoothvideo_spec_hash") == wanted:
+                return False
+    tensors = {name: init_tensor(name, shape) for name, shape in layout(comfy_dir, in_channels).items()}
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"smoothvideo_spec_hash": wanted, "note": "random weights, for tests"})
+    tmp.replace(path)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--comfy", type=pathlib.Path, required=True, help="the ComfyUI folder")
+    parser.add_argument("--out", type=pathlib.Path, required=True, help="models/checkpoints folder")
+    options = parser.parse_args()
+    options.out.mkdir(parents=True, exist_ok=True)
+    for name, in_channels in CHECKPOINTS.items():
+        path = options.out / name
+        written = write_checkpoint(options.comfy.resolve(), path, in_channels)
+        print(f"make_tiny_checkpoints: {path} {'written' if written else 'up to date'}")
+
+
+if __name__ == "__main__":
+    main()

