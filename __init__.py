@@ -1,0 +1,17 @@
+"""SmoothVideo for ComfyUI: the SmoothVideo paper's smooth loss, Eq. 5 noise correction and VL score.
+
+ComfyUI imports this folder as a custom-node package. The math lives in smooth_core/
+(no ComfyUI import); nodes/ adapts it.
+"""
+
+from .nodes.metrics import SelectVideoFrames, VLScore
+
+_NODES = [VLScore, SelectVideoFrames]
+_SCHEMAS = [node.define_schema() for node in _NODES]
+
+NODE_CLASS_MAPPINGS = {schema.node_id: node for schema, node in zip(_SCHEMAS, _NODES)}
+NODE_DISPLAY_NAME_MAPPINGS = {schema.node_id: schema.display_name for schema in _SCHEMAS}
+# web/smoothvideo.js shows the nodes' text results (scores) on the node in the browser.
+WEB_DIRECTORY = "./web"
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -1,0 +1,144 @@
+"""VL Score (the paper's Eq. 6) and frame selection for scoring and tuning."""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+import comfy.utils
+
+from ..smooth_core import metrics, video
+from .common import CATEGORY, NODE_PREFIX, Progress
+
+NOT_COMPUTED = -1.0
+
+
+def encode_latents(vae, images: torch.Tensor, chunk_size: int, progress: Progress | None = None) -> torch.Tensor:
+    """VAE-encodes (f, h, w, c) frames chunk by chunk (long videos must not exhaust memory)."""
+    chunks = []
+    for start in range(0, images.shape[0], chunk_size):
+        chunks.append(vae.encode(images[start : start + chunk_size, :, :, :3]).float().cpu())
+        if progress:
+            progress.step()
+    return torch.cat(chunks)
+
+
+class VLScore(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=NODE_PREFIX + "VLScore",
+            display_name="VL Score",
+            category=CATEGORY,
+            is_output_node=True,
+            description=(
+                "Video latent score (SmoothVideo Eq. 6): each frame's VAE latent is compared with the "
+                "previous frame's by cosine similarity over a sliding window, best offset kept, averaged "
+                "over adjacent pairs. Higher is smoother; shuffling frames lowers it. Optionally also the "
+                "CLIP frame consistency (CLIP-F) and text alignment (CLIP-T) scores."
+            ),
+            inputs=[
+                io.Vae.Input("vae", tooltip="The VAE whose latents are compared (the video's SD VAE)."),
+                io.Image.Input("images", tooltip="The video's frames, in order, as an image batch (at least 2)."),
+                io.Int.Input(
+                    "k", default=8, min=0, max=64,
+                    tooltip="Sliding-window slack in latent pixels (paper: 8). The window is the latent "
+                    "size minus k, tried at (k+1)^2 offsets; must be smaller than the latent side (image/8).",
+                ),
+                io.Int.Input(
+                    "chunk_size", default=16, min=1, max=256,
+                    tooltip="Frames VAE-encoded at once; lower it if encoding runs out of memory.",
+                ),
+                io.ClipVision.Input(
+                    "clip_vision", optional=True,
+                    tooltip="Optional CLIP vision model (e.g. ViT-L/14) for CLIP-F, and for CLIP-T with clip + text.",
+                ),
+                io.Clip.Input(
+                    "clip", optional=True,
+                    tooltip="Optional CLIP text encoder matching clip_vision (with its text projection), for CLIP-T.",
+                ),
+                io.String.Input("text", optional=True, default="", tooltip="The edit prompt, for CLIP-T."),
+            ],
+            outputs=[
+                io.Float.Output(display_name="vl_score", tooltip="VL score, in [-1, 1]; 1 = every frame a shifted copy of the previous."),
+                io.Float.Output(display_name="clip_frame", tooltip="CLIP-F: mean cosine over all frame pairs; -1 when clip_vision is not given."),
+                io.Float.Output(display_name="clip_text", tooltip="CLIP-T: mean 100*cos(frame, text); -1 unless clip_vision, clip and text are given."),
+            ],
+        )
+
+    @classmethod
+
+    @classmethod
+    def execute(cls, vae, images, k, chunk_size=16, clip_vision=None, clip=None, text="") -> io.NodeOutput:
+        frames = images.shape[0]
+        if frames < 2:
+            raise ValueError(f"VL Score needs at least 2 frames, got {frames}: connect a video's frames, not a single image")
+        latent_side = min(images.shape[1], images.shape[2]) // 8
+        if k >= latent_side:
+            raise ValueError(
+                f"VL Score: k={k} does not fit frames of {images.shape[2]}x{images.shape[1]} "
+                f"(latent side {latent_side}); lower k below {latent_side} or use larger frames"
+            )
+        chunks = -(-frames // chunk_size)
+        progress = Progress(chunks + (chunks if clip_vision is not None else 0))
+        latents = encode_latents(vae, images, chunk_size, progress)
+        vl = float(metrics.vl_score(latents, k=k))
+        clip_f = clip_t = NOT_COMPUTED
+        if clip_vision is not None:
+            embeds = []
+            for start in range(0, frames, chunk_size):
+                embeds.append(clip_vision.encode_image(images[start : start + chunk_size]).image_embeds.float().cpu())
+                progress.step()
+            embeds = torch.cat(embeds)
+            clip_f = float(metrics.clip_frame_consistency(embeds))
+            if clip is not None and text.strip():
+                _, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
+                clip_t = float(metrics.clip_text_alignment(embeds, pooled.float().cpu().reshape(-1)))
+        summary = f"VL score: {vl:.4f} ({frames} frames, k={k})"
+        if clip_f != NOT_COMPUTED:
+            summary += f"\nCLIP-F: {clip_f:.4f}"
+        if clip_t != NOT_COMPUTED:
+            summary += f"\nCLIP-T: {clip_t:.2f}"
+        # "text" is shown on the node by web/smoothvideo.js; the numbers are for HTTP clients (/history).
+        scores = {"text": [summary], "vl_score": [vl], "clip_frame": [clip_f], "clip_text": [clip_t]}
+        return io.NodeOutput(vl, clip_f, clip_t, ui=scores)
+
+
+class SelectVideoFrames(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=NODE_PREFIX + "SelectVideoFrames",
+            display_name="Select Video Frames",
+            category=CATEGORY,
+            description=(
+                "Takes `count` frames from `start`, every `stride`-th, and resizes them to a size the VAE and "
+                "UNet accept (multiples of 8). Tune-A-Video uses 24 frames at 512 px (8 at 256 px to try quickly)."
+            ),
+            inputs=[
+                io.Image.Input("images", tooltip="All frames of the video (e.g. from Get Video Components)."),
+                io.Int.Input("start", default=0, min=0, max=100000, tooltip="First frame taken (0-based)."),
+                io.Int.Input("count", default=24, min=0, max=100000, tooltip="Frames taken; 0 takes all from start."),
+                io.Int.Input("stride", default=1, min=1, max=1000, tooltip="Take every stride-th frame (lowers the frame rate)."),
+                io.Int.Input(
+                    "width", default=512, min=0, max=4096, step=8,
+                    tooltip="Output width, a multiple of 8; 0 keeps the width (cropped down to a multiple of 8).",
+                ),
+                io.Int.Input(
+                    "height", default=512, min=0, max=4096, step=8,
+                    tooltip="Output height, a multiple of 8; 0 keeps the height (cropped down to a multiple of 8).",
+                ),
+            ],
+            outputs=[io.Image.Output(display_name="images", tooltip="The selected frames, as an image batch.")],
+        )
+
+    @classmethod
+    def execute(cls, images, start, count, stride, width, height) -> io.NodeOutput:
+        if width % 8 or height % 8:
+            raise ValueError(f"width and height must be multiples of 8 (got {width}x{height}); or 0 to keep the size")
+        frames = video.select_frames(images, start, count, stride)
+        if width or height:
+            target_w = width or frames.shape[2]
+            target_h = height or frames.shape[1]
+            frames = comfy.utils.common_upscale(frames.movedim(-1, 1), target_w, target_h, "bilinear", "center").movedim(1, -1)
+        return io.NodeOutput(video.crop_to_multiple(frames, 8))

@@ -1,0 +1,37 @@
+"""A real ComfyUI server (the project's host, scripts/setup_host.sh) for the whole session."""
+
+import pathlib
+import sys
+
+import pytest
+
+SCRIPTS = pathlib.Path(__file__).resolve().parents[2] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+from comfy_host import ComfyServer  # noqa: E402
+from make_sample_video import render_frames, write_video  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def server():
+    # No skip: without a host the integration tests must fail, naming the set-up step.
+    with ComfyServer() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def sample_video(server):
+    """A smooth synthetic clip in ComfyUI's input folder; returns (file name, frames)."""
+    frames = render_frames(frames=12, size=128, seed=11)
+    name = "test_smooth_clip.mp4"
+    write_video(server.base / "input" / name, frames, fps=8)
+    return name, frames
+
+
+@pytest.fixture(scope="session")
+def shuffled_video(server, sample_video):
+    _, frames = sample_video
+    order = [0, 6, 2, 9, 4, 11, 1, 7, 3, 10, 5, 8]
+    name = "test_shuffled_clip.mp4"
+    write_video(server.base / "input" / name, frames[order], fps=8)
+    return name
