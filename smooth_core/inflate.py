@@ -1,0 +1,256 @@
+"""Tune-A-Video inflation of a diffusers SD1.x `UNet2DConditionModel` into a video UNet.
+
+The frames of a video stay in the batch: the UNet runs on `(b f) c h w` latents with one
+timestep and one text context per frame, so every 2D layer works unchanged. Two things
+make it a video model (Wu et al., "Tune-A-Video", ICCV 2023):
+
+- Sparse-causal self-attention: an attention processor on every transformer block's
+  `attn1` lets frame i attend to the keys/values of frames 0 and i-1 ("sparse_causal");
+  "cross_frame" (Text2Video-Zero) uses frame 0 only.
+- Temporal attention: every `BasicTransformerBlock` gets `attn_temp` + `norm_temp`, run by
+  a forward hook on the block output (after its feed-forward) across the frames at each
+  spatial position, `h + attn_temp(norm_temp(h))`. Its output projection starts at zero,
+  so a fresh inflation computes what the 2D model computes per frame.
+
+Everything goes through diffusers' public seams (attention processors, the `Attention`
+module, forward hooks); no diffusers code is copied or patched globally. One `FrameLayout`
+object per inflated UNet tells the processors and hooks how many frames the batch holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.attention_processor import Attention
+from torch import nn
+
+__all__ = ["ATTENTION_MODES", "FrameAttnProcessor", "FrameLayout", "VideoUNet", "inflate_unet", "is_inflated"]
+
+ATTENTION_MODES = ("sparse_causal", "cross_frame")
+
+
+@dataclass
+class FrameLayout:
+    """Frames per video in the batch of the current UNet call (batch = videos * num_frames)."""
+
+    num_frames: int = 1
+
+    def videos_in(self, batch: int) -> int:
+        """Number of videos b in a batch of (b f) frames."""
+        if batch % self.num_frames:
+            raise ValueError(f"batch of {batch} is not a whole number of {self.num_frames}-frame videos")
+        return batch // self.num_frames
+
+
+class FrameAttnProcessor:
+    """Self-attention whose keys/values come from anchor frames of the same video.
+
+    `sparse_causal` (Tune-A-Video): frame i attends to frames [0, max(i-1, 0)], so frame 0
+    attends to itself twice, as Tune-A-Video does. `cross_frame` (Text2Video-Zero): every
+    frame attends to frame 0. Queries stay per frame. Otherwise as diffusers'
+    `AttnProcessor2_0` for SD1.x `attn1` (no masks, group or spatial norm, qk-norm).
+    """
+
+    def __init__(self, layout: FrameLayout, mode: str):
+        if mode not in ATTENTION_MODES:
+            raise ValueError(f"attention mode {mode!r}; choose one of {ATTENTION_MODES}")
+        self.layout = layout
+        self.mode = mode
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """hidden_states: ((b f), n, c) tokens of every frame -> same shape."""
+        if encoder_hidden_states is not None or attention_mask is not None:
+            raise NotImplementedError("frame attention replaces self-attention only, without masks")
+        if hidden_states.ndim != 3 or attn.group_norm is not None or attn.spatial_norm is not None:
+            raise NotImplementedError("frame attention expects SD1.x-style attn1 on (batch, tokens, channels)")
+        if attn.norm_q is not None or attn.norm_k is not None:
+            raise NotImplementedError("frame attention does not handle qk-norm")
+        residual = hidden_states
+        bf, n, _ = hidden_states.shape
+        b, f = self.layout.videos_in(bf), self.layout.num_frames
+
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(hidden_states).unflatten(0, (b, f))  # (b, f, n, inner)
+        value = attn.to_v(hidden_states).unflatten(0, (b, f))
+        first = torch.zeros(f, dtype=torch.long, device=key.device)
+        if self.mode == "sparse_causal":
+            previous = (torch.arange(f, device=key.device) - 1).clamp(min=0)
+            key = torch.cat([key[:, first], key[:, previous]], dim=2)  # (b, f, 2n, inner)
+            value = torch.cat([value[:, first], value[:, previous]], dim=2)
+        else:
+            key, value = key[:, first], value[:, first]
+
+        def heads(x):  # ((b f), tokens, heads * d) -> ((b f), heads, tokens, d)
+            return x.reshape(bf, x.shape[-2], attn.heads, -1).transpose(1, 2)
+
+        # scaled_dot_product_attention picks the flash / memory-efficient kernels on GPU.
+        out = F.scaled_dot_product_attention(
+            heads(query), heads(key.flatten(0, 1)), heads(value.flatten(0, 1)), scale=attn.scale
+        )
+        out = out.transpose(1, 2).reshape(bf, n, -1).to(query.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))  # projection, dropout
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+class TemporalAttentionHook:
+    """Forward hook on a `BasicTransformerBlock`: `h + attn_temp(norm_temp(h))` across frames.
+
+    The block output h is ((b f), n, c); attention runs over f for each of the b*n token
+    positions, so it sees ((b n), f, c).
+    """
+
+    def __init__(self, layout: FrameLayout):
+        self.layout = layout
+
+    def __call__(self, block: BasicTransformerBlock, args, hidden_states: torch.Tensor) -> torch.Tensor:
+        bf, n, c = hidden_states.shape
+        b, f = self.layout.videos_in(bf), self.layout.num_frames
+        h = hidden_states.reshape(b, f, n, c).transpose(1, 2).reshape(b * n, f, c)
+        h = h + block.attn_temp(block.norm_temp(h))
+        return h.reshape(b, n, f, c).transpose(1, 2).reshape(bf, n, c)
+
+
+def is_inflated(unet: nn.Module) -> bool:
+    """Whether `unet` already carries temporal attention (`attn_temp` on its transformer blocks)."""
+    return any(hasattr(block, "attn_temp") for block in _transformer_blocks(unet))
+
+
+def inflate_unet(unet: UNet2DConditionModel, attention: str = "sparse_causal") -> "VideoUNet":
+    """Turn a 2D SD1.x UNet into a video UNet, in place, and wrap it.
+
+    Args:
+        unet: diffusers UNet; it is modified (new submodules, processors and hooks) and
+            becomes `VideoUNet.unet`. New layers take the dtype and device of each block.
+        attention: self-attention mode, one of `ATTENTION_MODES`.
+    """
+    if is_inflated(unet):
+        raise ValueError("UNet is already inflated; inflate a fresh 2D UNet")
+    blocks = _transformer_blocks(unet)
+    if not blocks:
+        raise ValueError("UNet has no transformer blocks to inflate")
+    layout = FrameLayout()
+    for block in blocks:
+        attn1 = block.attn1
+        dim = attn1.query_dim
+        like = {"dtype": attn1.to_q.weight.dtype, "device": attn1.to_q.weight.device}
+        # The same head split and bias setting as the block's own self-attention.
+        block.attn_temp = Attention(
+            query_dim=dim, heads=attn1.heads, dim_head=dim // attn1.heads, bias=attn1.to_q.bias is not None
+        ).to(**like)
+        block.norm_temp = nn.LayerNorm(dim).to(**like)
+        # A zero output projection makes the temporal branch start as the identity.
+        nn.init.zeros_(block.attn_temp.to_out[0].weight)
+        nn.init.zeros_(block.attn_temp.to_out[0].bias)
+        block.register_forward_hook(TemporalAttentionHook(layout))
+    video_unet = VideoUNet(unet, layout)
+    video_unet.set_attention_mode(attention)
+    return video_unet
+
+
+class VideoUNet(nn.Module):
+    """An inflated diffusers UNet (`.unet`) and the `FrameLayout` its processors share.
+
+    State dict keys of the trainable set are relative to `.unet`, as in Tune-A-Video
+    checkpoints (`down_blocks.0.attentions.0.transformer_blocks.0.attn_temp.to_q.weight`).
+    """
+
+    def __init__(self, unet: UNet2DConditionModel, layout: FrameLayout):
+        super().__init__()
+        self.unet = unet
+        self.layout = layout
+
+    def forward(
+        self, latents: torch.Tensor, timesteps: torch.Tensor | float, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        """Noise prediction for whole videos.
+
+        Args:
+            latents: (b, f, c, h, w).
+            timesteps: (b,) one per video, or a scalar for all.
+            encoder_hidden_states: (b, n, d) one text context per video.
+
+        Returns:
+            (b, f, c_out, h, w).
+        """
+        b, f = latents.shape[:2]
+        t = torch.as_tensor(timesteps, device=latents.device).expand(b).repeat_interleave(f)
+        context = encoder_hidden_states.repeat_interleave(f, dim=0)
+        return self.forward_frames(latents.flatten(0, 1), t, context, f).unflatten(0, (b, f))
+
+    def forward_frames(
+        self, x: torch.Tensor, timesteps: torch.Tensor, encoder_hidden_states: torch.Tensor, num_frames: int
+    ) -> torch.Tensor:
+        """Noise prediction with frames already in the batch, as ComfyUI calls a model.
+
+        Args:
+            x: ((b f), c, h, w), the frames of each video consecutive.
+            timesteps: ((b f),) per frame.
+            encoder_hidden_states: ((b f), n, d) per frame.
+            num_frames: f.
+
+        Returns:
+            ((b f), c_out, h, w).
+        """
+        self.layout.num_frames = num_frames
+        self.layout.videos_in(x.shape[0])  # fail here, not deep inside the UNet
+        return self.unet(x, timesteps, encoder_hidden_states=encoder_hidden_states).sample
+
+    def set_attention_mode(self, mode: str) -> None:
+        """Self-attention of every transformer block: one of `ATTENTION_MODES`."""
+        processor = FrameAttnProcessor(self.layout, mode)
+        for block in _transformer_blocks(self.unet):
+            block.attn1.set_processor(processor)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Tune-A-Video's trainable set: `attn1.to_q`, `attn2.to_q`, `attn_temp`, `norm_temp`."""
+        modules = [
+            m
+            for block in _transformer_blocks(self.unet)
+            for m in (block.attn1.to_q, block.attn2.to_q, block.attn_temp, block.norm_temp)
+        ]
+        return [p for m in modules for p in m.parameters()]
+
+    def mark_trainable(self) -> None:
+        """requires_grad on the trainable set only; everything else is frozen."""
+        self.unet.requires_grad_(False)
+        for p in self.trainable_parameters():
+            p.requires_grad_(True)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trainable tensors (detached, shared storage), keyed relative to `.unet`."""
+        trainable = {id(p) for p in self.trainable_parameters()}
+        return {name: p.detach() for name, p in self.unet.named_parameters() if id(p) in trainable}
+
+    def load_trainable_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Copy exactly the trainable set in; missing or unexpected keys are an error."""
+        own = self.trainable_state_dict()
+        missing, unexpected = sorted(own.keys() - state_dict.keys()), sorted(state_dict.keys() - own.keys())
+        if missing or unexpected:
+            raise ValueError(f"trainable state dict mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        wrong_shape = [k for k, v in state_dict.items() if v.shape != own[k].shape]
+        if wrong_shape:
+            raise ValueError(f"trainable state dict has wrong shapes at {wrong_shape[:5]} (another base model?)")
+        with torch.no_grad():
+            for k, v in state_dict.items():
+                own[k].copy_(v)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """diffusers' checkpointing calls each block as a module, so the temporal hook is recomputed too."""
+        self.unet.enable_gradient_checkpointing()
+
+
+def _transformer_blocks(unet: nn.Module) -> list[BasicTransformerBlock]:
+    return [m for m in unet.modules() if isinstance(m, BasicTransformerBlock)]

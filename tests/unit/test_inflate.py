@@ -1,0 +1,308 @@
+"""Tune-A-Video inflation on tiny diffusers UNets, against float64 references written here."""
+
+import copy
+import math
+import re
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+from smooth_core.inflate import FrameAttnProcessor, FrameLayout, VideoUNet, inflate_unet, is_inflated
+
+TINY = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=1,
+    block_out_channels=(32, 64),
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32,
+    attention_head_dim=8,
+)
+# Tune-A-Video's trainable set, by name (the code selects it by module).
+TRAINABLE_NAME = re.compile(r"\.(attn1\.to_q|attn2\.to_q|attn_temp\.[\w.]+|norm_temp)\.(weight|bias)$")
+
+
+def tiny_unet(seed=0):
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(**TINY).eval()
+
+
+def perturb_temporal(video_unet, seed=1):
+    """Non-zero temporal output projections, so the temporal branch does something."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in video_unet.unet.named_parameters():
+            if ".attn_temp.to_out." in name or ".norm_temp." in name:
+                p.add_(0.3 * torch.randn_like(p))
+
+
+def per_frame_2d(unet, video, t, context):
+    """The 2D model on every frame: video (b, f, c, h, w), t (b,), context (b, n, d)."""
+    b, f = video.shape[:2]
+    out = unet(video.flatten(0, 1), t.repeat_interleave(f), context.repeat_interleave(f, dim=0)).sample
+    return out.unflatten(0, (b, f))
+
+
+def random_inputs(b=2, f=4, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    video = torch.randn(b, f, 4, 8, 8, generator=g)
+    context = torch.randn(b, 5, 32, generator=g)
+    return video, torch.tensor([17, 640])[:b], context
+
+
+# ---------------------------------------------------------------- equality with the 2D model at init
+
+
+@pytest.mark.parametrize("mode", ["sparse_causal", "cross_frame"])
+def test_fresh_inflation_equals_2d_per_frame_on_identical_frames(mode):
+    unet2d = tiny_unet()
+    video_unet = inflate_unet(copy.deepcopy(unet2d), attention=mode)
+    video, t, context = random_inputs()
+    video = video[:, :1].expand_as(video).contiguous()  # every frame the same: anchors == own frame
+    with torch.no_grad():
+        torch.testing.assert_close(video_unet(video, t, context), per_frame_2d(unet2d, video, t, context),
+                                   atol=1e-5, rtol=0)
+
+
+def test_temporal_only_inflation_equals_2d_per_frame_on_a_random_video():
+    unet2d = tiny_unet()
+    video_unet = inflate_unet(copy.deepcopy(unet2d))
+    video_unet.unet.set_attn_processor(AttnProcessor2_0())  # plain per-frame self-attention
+    video, t, context = random_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(video_unet(video, t, context), per_frame_2d(unet2d, video, t, context),
+                                   atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- frame attention vs float64 brute force
+
+
+def reference_frame_attention(attn, x, num_frames, mode):
+    """softmax(Q K^T / sqrt(d)) V per video, frame and head, keys/values of the anchor frames."""
+
+    def linear(layer, v):
+        return v @ layer.weight.T + (layer.bias if layer.bias is not None else 0)
+
+    q, k, v = linear(attn.to_q, x), linear(attn.to_k, x), linear(attn.to_v, x)
+    d = q.shape[-1] // attn.heads
+    out = torch.empty_like(q)
+    for video in range(x.shape[0] // num_frames):
+        for i in range(num_frames):
+            anchors = [0, max(i - 1, 0)] if mode == "sparse_causal" else [0]
+            keys = torch.cat([k[video * num_frames + j] for j in anchors])
+            values = torch.cat([v[video * num_frames + j] for j in anchors])
+            for h in range(attn.heads):
+                s = slice(h * d, (h + 1) * d)
+                weights = torch.softmax(q[video * num_frames + i][:, s] @ keys[:, s].T / math.sqrt(d), dim=-1)
+                out[video * num_frames + i][:, s] = weights @ values[:, s]
+    out = linear(attn.to_out[0], out)
+    if attn.residual_connection:
+        out = out + x
+    return out / attn.rescale_output_factor
+
+
+@pytest.mark.parametrize("mode", ["sparse_causal", "cross_frame"])
+@pytest.mark.parametrize(
+    "settings", [dict(heads=8, dim_head=4), dict(heads=2, dim_head=16, bias=True, residual_connection=True,
+                                                  rescale_output_factor=2.0)],
+    ids=["sd1", "bias-residual-rescale"],
+)
+def test_frame_attention_matches_float64_reference(mode, settings):
+    torch.manual_seed(0)
+    attn = Attention(query_dim=32, **settings).double()
+    layout = FrameLayout(num_frames=5)
+    attn.set_processor(FrameAttnProcessor(layout, mode))
+    x = torch.randn(2 * 5, 6, 32, dtype=torch.float64)  # 2 videos of 5 frames, 6 tokens each
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x), reference_frame_attention(attn, x, 5, mode), atol=1e-12, rtol=1e-12)
+
+
+def test_sparse_causal_frame_zero_attends_to_itself_twice_which_is_plain_self_attention():
+    torch.manual_seed(0)
+    attn = Attention(query_dim=32, heads=8, dim_head=4).double()
+    x = torch.randn(1, 6, 32, dtype=torch.float64)
+    with torch.no_grad():
+        plain = attn(x)
+        attn.set_processor(FrameAttnProcessor(FrameLayout(num_frames=1), "sparse_causal"))
+        torch.testing.assert_close(attn(x), plain, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("mode, changed, unchanged", [("sparse_causal", 2, [0, 1]), ("cross_frame", 2, [0, 1, 3])])
+def test_changing_a_frame_leaves_frames_that_do_not_attend_to_it_unchanged(mode, changed, unchanged):
+    # A fresh inflation: the temporal branch outputs zero, so only frame attention mixes frames.
+    video_unet = inflate_unet(tiny_unet(), attention=mode)
+    video, t, context = random_inputs(b=1)
+    edited = video.clone()
+    edited[:, changed] += 1.0
+    with torch.no_grad():
+        before, after = video_unet(video, t, context), video_unet(edited, t, context)
+    torch.testing.assert_close(after[:, unchanged], before[:, unchanged], atol=1e-6, rtol=0)
+    assert (after[:, changed] - before[:, changed]).abs().max() > 1e-3
+    if mode == "sparse_causal":  # frame 3 reads frame 2 as its former frame
+        assert (after[:, 3] - before[:, 3]).abs().max() > 1e-3
+
+
+# ---------------------------------------------------------------- temporal attention
+
+
+def test_temporal_attention_runs_across_frames_at_each_token_position():
+    video_unet = inflate_unet(tiny_unet())
+    perturb_temporal(video_unet)
+    block = next(m for m in video_unet.unet.modules() if isinstance(m, BasicTransformerBlock)).double()
+    video_unet.layout.num_frames = 3
+    x = torch.randn(2 * 3, 5, 32, dtype=torch.float64)  # 2 videos, 3 frames, 5 tokens
+    with torch.no_grad():
+        hooked = block(x)
+        spatial = block.forward(x).unflatten(0, (2, 3))  # forward() bypasses the hook
+        expected = torch.empty_like(spatial)
+        for video in range(2):
+            for token in range(5):
+                sequence = spatial[video, :, token][None]  # (1, f, c)
+                expected[video, :, token] = (sequence + block.attn_temp(block.norm_temp(sequence)))[0]
+    torch.testing.assert_close(hooked, expected.flatten(0, 1), atol=1e-12, rtol=0)
+
+
+def test_temporal_modules_sit_on_the_block_with_tune_a_video_names():
+    video_unet = inflate_unet(tiny_unet())
+    names = video_unet.trainable_state_dict().keys()
+    assert "down_blocks.0.attentions.0.transformer_blocks.0.attn_temp.to_q.weight" in names
+    assert "up_blocks.1.attentions.1.transformer_blocks.0.norm_temp.weight" in names
+    block = video_unet.unet.mid_block.attentions[0].transformer_blocks[0]
+    assert block.attn_temp.heads == block.attn1.heads
+    assert torch.all(block.attn_temp.to_out[0].weight == 0) and torch.all(block.attn_temp.to_out[0].bias == 0)
+
+
+# ---------------------------------------------------------------- calling conventions
+
+
+def test_videos_in_one_batch_do_not_mix_and_forward_frames_matches_forward():
+    video_unet = inflate_unet(tiny_unet())
+    perturb_temporal(video_unet)
+    video, t, context = random_inputs(b=2, f=3)
+    with torch.no_grad():
+        both = video_unet(video, t, context)
+        alone = video_unet(video[:1], t[:1], context[:1])
+        frames = video_unet.forward_frames(video.flatten(0, 1), t.repeat_interleave(3),
+                                           context.repeat_interleave(3, dim=0), num_frames=3)
+        scalar_t = video_unet(video, 17, context)
+    torch.testing.assert_close(both[:1], alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(frames.unflatten(0, (2, 3)), both, atol=0, rtol=0)
+    torch.testing.assert_close(scalar_t[:1], both[:1], atol=1e-6, rtol=0)  # t[0] == 17
+
+
+def test_bad_calls_are_refused():
+    video_unet = inflate_unet(tiny_unet())
+    with pytest.raises(ValueError, match="whole number of 4-frame videos"):
+        video_unet.forward_frames(torch.randn(6, 4, 8, 8), torch.zeros(6), torch.randn(6, 5, 32), num_frames=4)
+    with pytest.raises(ValueError, match="attention mode"):
+        video_unet.set_attention_mode("full")
+
+
+def test_double_inflation_raises():
+    unet = tiny_unet()
+    assert not is_inflated(unet)
+    inflate_unet(unet)
+    assert is_inflated(unet)
+    with pytest.raises(ValueError, match="already inflated"):
+        inflate_unet(unet)
+
+
+def test_attention_mode_can_be_switched():
+    video_unet = inflate_unet(tiny_unet())
+    video, t, context = random_inputs(b=1)
+    with torch.no_grad():
+        sparse = video_unet(video, t, context)
+        video_unet.set_attention_mode("cross_frame")
+        cross = video_unet(video, t, context)
+    torch.testing.assert_close(cross[:, :2], sparse[:, :2], atol=1e-6, rtol=0)  # frames 0, 1 see only frame 0
+    assert (cross[:, 3] - sparse[:, 3]).abs().max() > 1e-3
+
+
+# ---------------------------------------------------------------- training
+
+
+def backward_once(video_unet):
+    video, t, context = random_inputs(b=1, f=3)
+    video_unet(video, t, context).square().mean().backward()
+
+
+def test_gradients_reach_exactly_the_trainable_set():
+    video_unet = inflate_unet(tiny_unet())
+    perturb_temporal(video_unet)
+    video_unet.mark_trainable()
+    backward_once(video_unet)
+    for name, p in video_unet.unet.named_parameters():
+        if TRAINABLE_NAME.search(name):
+            assert p.requires_grad and p.grad is not None and p.grad.abs().max() > 0, name
+        else:
+            assert not p.requires_grad and p.grad is None, name
+    trainable = {id(p) for p in video_unet.trainable_parameters()}
+    assert trainable == {id(p) for n, p in video_unet.unet.named_parameters() if TRAINABLE_NAME.search(n)}
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        video_unet = inflate_unet(tiny_unet())
+        perturb_temporal(video_unet)
+        video_unet.mark_trainable()
+        if checkpointing:
+            video_unet.enable_gradient_checkpointing()
+        backward_once(video_unet)
+        grads.append([p.grad for p in video_unet.trainable_parameters()])
+    for plain, checkpointed in zip(*grads):
+        torch.testing.assert_close(checkpointed, plain, atol=1e-6, rtol=1e-5)
+
+
+def test_trainable_set_at_sd15_size_is_74m():
+    # SD1.5: 859.5M UNet parameters, +49.6M temporal ones = 909.1M after inflation, of which
+    # 74,379,840 (8.2%) are trainable: 16 transformer blocks, 6 dim^2 + 3 dim each
+    # (to_q of attn1 and attn2, attn_temp q/k/v/out + out bias, norm_temp).
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768,
+                                    attention_head_dim=8)
+        video_unet = inflate_unet(unet)
+    trainable = sum(p.numel() for p in video_unet.trainable_parameters())
+    total = sum(p.numel() for p in video_unet.parameters())
+    dims = [320] * 5 + [640] * 5 + [1280] * 6  # blocks per width: 2 down + 3 up (+1 mid at 1280)
+    assert trainable == sum(6 * d * d + 3 * d for d in dims) == 74_379_840
+    assert total == 909_120_004
+    assert 0.08 < trainable / total < 0.085
+
+
+def test_trainable_state_dict_round_trip():
+    source = inflate_unet(tiny_unet())
+    perturb_temporal(source)
+    with torch.no_grad():
+        for p in source.trainable_parameters():
+            p.add_(0.01)
+    saved = {k: v.clone() for k, v in source.trainable_state_dict().items()}
+    assert all(TRAINABLE_NAME.search("." + k) for k in saved)
+
+    target = inflate_unet(tiny_unet())
+    target.load_trainable_state_dict(saved)
+    for k, v in target.trainable_state_dict().items():
+        assert torch.equal(v, saved[k]), k
+    video, t, context = random_inputs(b=1)
+    with torch.no_grad():
+        torch.testing.assert_close(target(video, t, context), source(video, t, context), atol=0, rtol=0)
+
+    key = "mid_block.attentions.0.transformer_blocks.0.attn_temp.to_q.weight"
+    with pytest.raises(ValueError, match=f"missing \\['{re.escape(key)}'\\]"):
+        target.load_trainable_state_dict({k: v for k, v in saved.items() if k != key})
+    with pytest.raises(ValueError, match="unexpected \\['conv_in.weight'\\]"):
+        target.load_trainable_state_dict(dict(saved, **{"conv_in.weight": torch.zeros(1)}))
+    with pytest.raises(ValueError, match="wrong shapes"):
+        target.load_trainable_state_dict(dict(saved, **{key: torch.zeros(3, 3)}))
+
+
+def test_video_unet_is_a_module_holding_the_unet():
+    unet = tiny_unet()
+    video_unet = inflate_unet(unet)
+    assert isinstance(video_unet, VideoUNet) and video_unet.unet is unet
+    assert set(video_unet.state_dict()) == {f"unet.{k}" for k in unet.state_dict()}
