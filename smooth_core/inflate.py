@@ -19,6 +19,7 @@ object per inflated UNet tells the processors and hooks how many frames the batc
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -246,6 +247,16 @@ class VideoUNet(nn.Module):
         with torch.no_grad():
             for k, v in state_dict.items():
                 own[k].copy_(v)
+
+    def fork(self) -> "VideoUNet":
+        """A copy that owns its trainable tensors and shares every other tensor with this one.
+
+        Tuning a fork leaves this model as it was (ComfyUI models are never mutated) without
+        a second copy of the frozen ~800M parameters at SD1.5 size.
+        """
+        trainable = {id(p) for p in self.trainable_parameters()}
+        shared = {id(t): t for t in [*self.parameters(), *self.buffers()] if id(t) not in trainable}
+        return copy.deepcopy(self, memo=shared)
 
     def enable_gradient_checkpointing(self) -> None:
         """diffusers' checkpointing calls each block as a module, so the temporal hook is recomputed too."""

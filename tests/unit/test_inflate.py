@@ -306,3 +306,26 @@ def test_video_unet_is_a_module_holding_the_unet():
     video_unet = inflate_unet(unet)
     assert isinstance(video_unet, VideoUNet) and video_unet.unet is unet
     assert set(video_unet.state_dict()) == {f"unet.{k}" for k in unet.state_dict()}
+
+
+def test_fork_shares_frozen_tensors_and_owns_trainables():
+    video = inflate_unet(tiny_unet())
+    fork = video.fork()
+    trainable = {n for n, _ in video.trainable_state_dict().items()}
+    ours = dict(video.unet.named_parameters())
+    theirs = dict(fork.unet.named_parameters())
+    assert ours.keys() == theirs.keys()
+    for name, p in ours.items():
+        same = p.data_ptr() == theirs[name].data_ptr()
+        assert same != (name in trainable), name
+    with torch.no_grad():
+        for p in fork.trainable_parameters():
+            p.add_(1.0)
+    x = torch.randn(1, 3, 4, 8, 8)
+    ctx = torch.randn(1, 4, 32)
+    before = video(x, 10, ctx)
+    assert not torch.allclose(before, fork(x, 10, ctx))
+    # the fork has its own frame layout and processors
+    assert fork.layout is not video.layout
+    fork(torch.randn(1, 2, 4, 8, 8), 10, ctx)
+    assert torch.equal(video(x, 10, ctx), before)
