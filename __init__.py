@@ -5,8 +5,9 @@ ComfyUI imports this folder as a custom-node package. The math lives in smooth_c
 """
 
 from .nodes.metrics import SelectVideoFrames, VLScore
+from .nodes.video_model import DDIMInvertVideo, InflateUNet
 
-_NODES = [VLScore, SelectVideoFrames]
+_NODES = [VLScore, SelectVideoFrames, InflateUNet, DDIMInvertVideo]
 _SCHEMAS = [node.define_schema() for node in _NODES]
 
 NODE_CLASS_MAPPINGS = {schema.node_id: node for schema, node in zip(_SCHEMAS, _NODES)}

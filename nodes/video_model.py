@@ -1,0 +1,174 @@
+"""Video UNet nodes: Inflate UNet, DDIM Invert Video, and the adapter that lets ComfyUI run
+the inflated diffusers UNet as a MODEL.
+
+The inflated UNet enters a cloned ModelPatcher as an object patch on "diffusion_model", so
+stock samplers (KSampler, SamplerCustom) use it, ComfyUI loads and offloads its weights,
+and the original UNet stays untouched (and off the GPU) behind the patch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from comfy_api.latest import io
+
+import comfy.model_base
+import comfy.model_management
+import folder_paths
+
+from ..smooth_core import convert, inflate, invert, sample
+from .common import CATEGORY, NODE_PREFIX, Progress
+
+# Tuned weights and tuning checkpoints: ComfyUI/models/smoothvideo/
+folder_paths.add_model_folder_path("smoothvideo", os.path.join(folder_paths.models_dir, "smoothvideo"))
+
+
+class VideoUNetAdapter(torch.nn.Module):
+    """Stands in for ComfyUI's diffusion_model: its call signature, the inflated UNet inside.
+
+    ComfyUI batches the frames of one video (and the cond/uncond copies of it) along the
+    batch axis; the frame count is the batch divided by the number of cond/uncond chunks.
+    """
+
+    def __init__(self, video_unet: inflate.VideoUNet, attention: str, source_unet: torch.nn.Module):
+        super().__init__()
+        self.video_unet = video_unet
+        self.attention = attention
+        # The 2D UNet it replaces, kept outside the module tree (it must not follow the adapter
+        # to the GPU): clones share one BaseModel, which holds the adapter while one is loaded.
+        self.source = [source_unet]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.video_unet.parameters()).dtype
+
+    def forward(self, x, timesteps, context=None, control=None, transformer_options={}, **kwargs):
+        if control is not None:
+            raise ValueError("ControlNet is not supported on an inflated (video) UNet yet; remove the ControlNet")
+        chunks = max(len(transformer_options.get("cond_or_uncond", [])), 1)
+        frames = x.shape[0] // chunks
+        return self.video_unet.forward_frames(x, timesteps, context, frames)
+
+
+def video_adapter(model) -> VideoUNetAdapter | None:
+    """The adapter of an inflated MODEL, or None for a plain one."""
+    patch = model.object_patches.get("diffusion_model")
+    return patch if isinstance(patch, VideoUNetAdapter) else None
+
+
+def source_unet(model) -> torch.nn.Module:
+    """The model's own 2D UNet, even while an inflated clone of it is patched in."""
+    unet = model.model.diffusion_model
+    return unet.source[0] if isinstance(unet, VideoUNetAdapter) else unet
+
+
+def require_sd1_eps(model) -> None:
+    """Only epsilon-prediction SD1.x UNets are supported: say so before any heavy work."""
+    base = model.model
+    name = type(base.model_config).__name__
+    if base.model_type != comfy.model_base.ModelType.EPS:
+        raise ValueError(
+            f"{name} is a {base.model_type.name} model; SmoothVideo supports epsilon-prediction "
+            "SD1.x models (SD1.5, InstructPix2Pix) only"
+        )
+    if base.model_config.unet_config.get("context_dim") != 768 or not hasattr(source_unet(model), "input_blocks"):
+        raise ValueError(f"{name} is not an SD1.x UNet; SmoothVideo supports SD1.5 and InstructPix2Pix checkpoints")
+
+
+class InflateUNet(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=NODE_PREFIX + "InflateUNet",
+            display_name="Inflate UNet (video)",
+            category=CATEGORY,
+            description=(
+                "Turns an SD1.5 MODEL into a video model (Tune-A-Video): self-attention looks at other frames, "
+                "and a temporal attention layer (starting as the identity) follows each transformer block. "
+                "Frames are the LATENT batch. Works in stock samplers; the input MODEL is not changed."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="An SD1.5 (or InstructPix2Pix) MODEL from Load Checkpoint."),
+                io.Combo.Input(
+                    "attention", options=list(inflate.ATTENTION_MODES), default="sparse_causal",
+                    tooltip="sparse_causal: each frame attends to the first and the previous frame (Tune-A-Video). "
+                    "cross_frame: every frame attends to the first frame (Text2Video-Zero).",
+                ),
+            ],
+            outputs=[io.Model.Output(display_name="video_model", tooltip="The inflated MODEL; frames = LATENT batch.")],
+        )
+
+    @classmethod
+    def execute(cls, model, attention) -> io.NodeOutput:
+        if video_adapter(model) is not None:
+            raise ValueError("this MODEL is already inflated; connect the Load Checkpoint MODEL instead")
+        require_sd1_eps(model)
+        unet_2d = source_unet(model)
+        unet, _ = convert.ldm_unet_to_diffusers(unet_2d.state_dict())
+        video_unet = inflate.inflate_unet(unet, attention)
+        video_unet.requires_grad_(False).eval()
+        patched = model.clone()
+        patched.add_object_patch("diffusion_model", VideoUNetAdapter(video_unet, attention, unet_2d))
+        return io.NodeOutput(patched)
+
+
+def noise_predictor(model, context: torch.Tensor):
+    """eps_fn(x_t, t) for smooth_core's DDIM: runs a ComfyUI MODEL (plain or inflated) on
+    variance-preserving latents (b, f, c, h, w) at integer timestep t, no CFG."""
+    comfy.model_management.load_models_gpu([model])
+    base = model.model
+    device = model.load_device
+    sampling = base.model_sampling
+
+    def eps_fn(x_vp: torch.Tensor, t: int) -> torch.Tensor:
+        frames = x_vp.shape[0] * x_vp.shape[1]
+        sigma = sampling.sigma(torch.tensor([float(t)])).to(device)
+        x = (x_vp.flatten(0, 1).to(device) * (1.0 + sigma**2).sqrt())
+        sigmas = sigma.expand(frames)
+        denoised = base.apply_model(x, sigmas, c_crossattn=context.to(device).expand(frames, -1, -1), transformer_options={})
+        eps = (x - denoised) / sigma
+        return eps.unflatten(0, x_vp.shape[:2]).to(x_vp)
+
+    return eps_fn
+
+
+class DDIMInvertVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=NODE_PREFIX + "DDIMInvertVideo",
+            display_name="DDIM Invert Video",
+            category=CATEGORY,
+            description=(
+                "DDIM inversion (eta 0, no CFG) of the source video's latents through the MODEL (use the tuned "
+                "video model and an empty prompt, as Tune-A-Video). The output is the starting noise for "
+                "SamplerCustom with add_noise off, sampler ddim and the ddim_uniform scheduler with the same steps."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The (tuned) video MODEL, the same one that samples afterwards."),
+                io.Latent.Input("latent", tooltip="The source video's latents (VAE Encode of its frames; frames = batch)."),
+                io.Conditioning.Input("conditioning", tooltip="The inversion prompt; Tune-A-Video uses an empty prompt."),
+                io.Int.Input("steps", default=50, min=1, max=999, tooltip="DDIM steps; use the same number in the sampler's ddim_uniform scheduler (50 in the paper)."),
+            ],
+            outputs=[io.Latent.Output(display_name="noise", tooltip="The inverted noise, scaled for SamplerCustom with add_noise off.")],
+        )
+
+    @classmethod
+    def execute(cls, model, latent, conditioning, steps) -> io.NodeOutput:
+        require_sd1_eps(model)
+        samples = latent["samples"]
+        if samples.dim() != 4:
+            raise ValueError(f"expected an image LATENT batch (frames, channels, height, width), got {tuple(samples.shape)}")
+        context = conditioning[0][0]
+        base = model.model
+        x0 = base.latent_format.process_in(samples.float()).unsqueeze(0)
+        progress = Progress(steps)
+        noise_vp = invert.ddim_invert(
+            noise_predictor(model, context), x0, num_steps=steps, callback=lambda i, n, x: progress.step()
+        )
+        first_t = int(sample.ddim_timesteps(steps)[0])
+        sigma = base.model_sampling.sigma(torch.tensor([float(first_t)])).item()
+        # ComfyUI's samplers start from x = x_vp * sqrt(1 + sigma^2) in "process_in" latent space.
+        noise = base.latent_format.process_out(noise_vp[0].cpu() * (1.0 + sigma**2) ** 0.5)
+        return io.NodeOutput({"samples": noise.to(comfy.model_management.intermediate_device())})

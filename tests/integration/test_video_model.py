@@ -1,0 +1,88 @@
+"""Inflate UNet and DDIM Invert Video in a real ComfyUI server, sampled with stock nodes."""
+
+import uuid
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from comfy_host import ComfyError, node_output
+
+pytestmark = pytest.mark.integration
+CKPT = "smoothvideo_tiny_sd15.safetensors"
+
+
+def saved_latent(server, entry, node_id):
+    item = node_output(entry, node_id)["latents"][0]
+    return load_file(str(server.base / "output" / item["subfolder"] / item["filename"]))["latent_tensor"]
+
+
+def sampling_prompt(video, inflate: str | None, identical_frames: bool, steps: int = 3) -> dict:
+    """Frames -> VAE Encode -> (Inflate UNet) -> SamplerCustom (no added noise, ddim) -> Save Latent."""
+    model = ["9", 0] if inflate else ["4", 0]
+    prompt = {
+        "1": {"class_type": "LoadVideo", "inputs": {"file": video}},
+        "2": {"class_type": "GetVideoComponents", "inputs": {"video": ["1", 0]}},
+        "3": {"class_type": "SmoothVideo_SelectVideoFrames", "inputs": {"images": ["2", 0], "start": 0, "count": 1 if identical_frames else 4, "stride": 2, "width": 64, "height": 64}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
+        "5": {"class_type": "VAEEncode", "inputs": {"pixels": ["8", 0], "vae": ["4", 2]}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red ball", "clip": ["4", 1]}},
+        "8": {"class_type": "RepeatImageBatch", "inputs": {"image": ["3", 0], "amount": 4 if identical_frames else 1}},
+        "13": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "ddim"}},
+        "14": {"class_type": "BasicScheduler", "inputs": {"model": model, "scheduler": "ddim_uniform", "steps": steps, "denoise": 1.0}},
+        "12": {"class_type": "SamplerCustom", "inputs": {"model": model, "add_noise": False, "noise_seed": 1, "cfg": 3.0, "positive": ["7", 0], "negative": ["6", 0], "sampler": ["13", 0], "sigmas": ["14", 0], "latent_image": ["5", 0]}},
+        "20": {"class_type": "SaveLatent", "inputs": {"samples": ["12", 0], "filename_prefix": f"test/{uuid.uuid4().hex[:8]}"}},
+    }
+    if inflate:
+        prompt["9"] = {"class_type": "SmoothVideo_InflateUNet", "inputs": {"model": ["4", 0], "attention": inflate}}
+    return prompt
+
+
+@pytest.mark.parametrize("attention", ["sparse_causal", "cross_frame"])
+def test_inflated_model_equals_2d_model_on_a_still_video(server, sample_video, attention):
+    plain = saved_latent(server, server.run(sampling_prompt(sample_video[0], None, True)), "20")
+    video = saved_latent(server, server.run(sampling_prompt(sample_video[0], attention, True)), "20")
+    assert plain.shape == video.shape == (4, 4, 8, 8)
+    assert torch.allclose(plain, video, atol=1e-4, rtol=1e-4)
+
+
+def test_inflated_model_is_what_the_stock_sampler_runs(server, sample_video):
+    plain = saved_latent(server, server.run(sampling_prompt(sample_video[0], None, False)), "20")
+    video = saved_latent(server, server.run(sampling_prompt(sample_video[0], "sparse_causal", False)), "20")
+    # Different frames: frame 0 attends only to itself in both, later frames see other frames.
+    assert torch.allclose(plain[0], video[0], atol=1e-4, rtol=1e-4)
+    assert (plain[1:] - video[1:]).abs().max() > 1e-3
+
+
+def test_inflating_twice_is_refused(server, sample_video):
+    prompt = sampling_prompt(sample_video[0], "sparse_causal", True)
+    prompt["10"] = {"class_type": "SmoothVideo_InflateUNet", "inputs": {"model": ["9", 0], "attention": "sparse_causal"}}
+    prompt["14"]["inputs"]["model"] = prompt["12"]["inputs"]["model"] = ["10", 0]
+    with pytest.raises(ComfyError, match="already inflated"):
+        server.run(prompt)
+
+
+def reconstruction(server, video, steps):
+    """Invert with "" and sample back with "" at CFG 1 along the same DDIM steps:
+    (mean |noise - source|, mean |rebuilt - source|)."""
+    prompt = sampling_prompt(video, "sparse_causal", False, steps=steps)
+    prompt["11"] = {"class_type": "SmoothVideo_DDIMInvertVideo", "inputs": {"model": ["9", 0], "latent": ["5", 0], "conditioning": ["6", 0], "steps": steps}}
+    prompt["12"]["inputs"].update(latent_image=["11", 0], positive=["6", 0], cfg=1.0)
+    prompt["21"] = {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": f"test/{uuid.uuid4().hex[:8]}"}}
+    prompt["22"] = {"class_type": "SaveLatent", "inputs": {"samples": ["11", 0], "filename_prefix": f"test/{uuid.uuid4().hex[:8]}"}}
+    entry = server.run(prompt)
+    source, noise, rebuilt = (saved_latent(server, entry, n) for n in ("21", "22", "20"))
+    assert noise.shape == rebuilt.shape == source.shape
+    return (noise - source).abs().mean().item(), (rebuilt - source).abs().mean().item()
+
+
+def test_ddim_inversion_then_sampling_converges_to_the_video(server, sample_video):
+    """The inverted noise continues exactly where ComfyUI's ddim sampler starts: the round
+    trip error is DDIM's discretisation error, which shrinks with the step count. (The
+    random-weight model's noise prediction changes fast with x, so even 100 steps leave an
+    error; a scaling or timestep mismatch would leave an error that does not shrink.)"""
+    far_20, error_20 = reconstruction(server, sample_video[0], 20)
+    far_100, error_100 = reconstruction(server, sample_video[0], 100)
+    assert far_20 > 5 * error_20 and far_100 > 5 * error_100
+    assert error_100 < 0.6 * error_20
