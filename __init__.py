@@ -1,13 +1,15 @@
 """SmoothVideo for ComfyUI: the SmoothVideo paper's smooth loss, Eq. 5 noise correction and VL score.
 
 ComfyUI imports this folder as a custom-node package. The math lives in smooth_core/
-(no ComfyUI import); nodes/ adapts it.
+(no ComfyUI import); nodes/ adapts it, one family of nodes per module, each listing NODES.
 """
 
-from .nodes.metrics import SelectVideoFrames, VLScore
-from .nodes.video_model import DDIMInvertVideo, InflateUNet
+from .nodes import metrics, video_model
 
-_NODES = [VLScore, SelectVideoFrames, InflateUNet, DDIMInvertVideo]
+_NODES = [
+    *metrics.NODES,
+    *video_model.NODES,
+]
 _SCHEMAS = [node.define_schema() for node in _NODES]
 
 NODE_CLASS_MAPPINGS = {schema.node_id: node for schema, node in zip(_SCHEMAS, _NODES)}

@@ -142,3 +142,5 @@ class SelectVideoFrames(io.ComfyNode):
             target_h = height or frames.shape[1]
             frames = comfy.utils.common_upscale(frames.movedim(-1, 1), target_w, target_h, "bilinear", "center").movedim(1, -1)
         return io.NodeOutput(video.crop_to_multiple(frames, 8))
+
+NODES = [VLScore, SelectVideoFrames]

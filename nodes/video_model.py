@@ -172,3 +172,5 @@ class DDIMInvertVideo(io.ComfyNode):
         # ComfyUI's samplers start from x = x_vp * sqrt(1 + sigma^2) in "process_in" latent space.
         noise = base.latent_format.process_out(noise_vp[0].cpu() * (1.0 + sigma**2) ** 0.5)
         return io.NodeOutput({"samples": noise.to(comfy.model_management.intermediate_device())})
+
+NODES = [InflateUNet, DDIMInvertVideo]
