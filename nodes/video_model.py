@@ -105,8 +105,11 @@ class InflateUNet(io.ComfyNode):
             raise ValueError("this MODEL is already inflated; connect the Load Checkpoint MODEL instead")
         require_sd1_eps(model)
         unet_2d = source_unet(model)
-        unet, _ = convert.ldm_unet_to_diffusers(unet_2d.state_dict())
-        video_unet = inflate.inflate_unet(unet, attention)
+        # ComfyUI runs nodes in inference mode; tensors made there can never join autograd,
+        # and One-shot Tune trains this model.
+        with torch.inference_mode(False):
+            unet, _ = convert.ldm_unet_to_diffusers(unet_2d.state_dict())
+            video_unet = inflate.inflate_unet(unet, attention)
         video_unet.requires_grad_(False).eval()
         patched = model.clone()
         patched.add_object_patch("diffusion_model", VideoUNetAdapter(video_unet, attention, unet_2d))

@@ -132,6 +132,25 @@ class ComfyServer:
     def run(self, prompt: dict, timeout: float = 600.0) -> dict:
         return self.wait(self.queue(prompt), timeout)
 
+    def progress_events(self, timeout: float = 600.0):
+        """Yields the websocket's "progress" messages ({"value", "max", "node", "prompt_id"})
+        for this client, as the browser receives them; connect before queueing."""
+        import websocket  # websocket-client; only the tests and tools that watch progress need it
+
+        ws = websocket.create_connection(f"ws://127.0.0.1:{self.port}/ws?clientId={self.client_id}", timeout=timeout)
+        try:
+            while True:
+                message = ws.recv()
+                if isinstance(message, str):
+                    event = json.loads(message)
+                    if event.get("type") == "progress":
+                        yield event["data"]
+        finally:
+            ws.close()
+
+    def interrupt(self) -> None:
+        self.post("/interrupt", {})
+
 
 def execution_error(entry: dict) -> str:
     """The message of the execution_error (or interrupt) in a /history entry."""

@@ -12,6 +12,7 @@ LDM -> diffusers -> LDM gives back the same keys and bitwise the same tensors.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import torch
@@ -284,3 +285,17 @@ def _ldm_keys_of(unet: UNet2DConditionModel) -> list[str]:
                 keys.extend(f"output_blocks.{i}.{slot}.conv.{p}" for p in ("weight", "bias"))
             i += 1
     return keys
+
+
+def unet_fingerprint(ldm_state_dict: dict[str, torch.Tensor]) -> str:
+    """A short hash that tells base models apart, cheap at SD1.5 size: every key and shape,
+    and the values of the first and last tensors (tuned weights name the model they fit)."""
+    sd = _strip_prefix(ldm_state_dict)
+    digest = hashlib.sha256()
+    names = sorted(sd)
+    for name in names:
+        digest.update(f"{name}:{tuple(sd[name].shape)};".encode())
+    for name in (names[0], names[-1], "time_embed.0.weight"):
+        if name in sd:
+            digest.update(sd[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

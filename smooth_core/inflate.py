@@ -32,6 +32,7 @@ from torch import nn
 __all__ = ["ATTENTION_MODES", "FrameAttnProcessor", "FrameLayout", "VideoUNet", "inflate_unet", "is_inflated"]
 
 ATTENTION_MODES = ("sparse_causal", "cross_frame")
+TEMPORAL_INIT_SEED = 2023
 
 
 @dataclass
@@ -143,14 +144,18 @@ def inflate_unet(unet: UNet2DConditionModel, attention: str = "sparse_causal") -
     if not blocks:
         raise ValueError("UNet has no transformer blocks to inflate")
     layout = FrameLayout()
-    for block in blocks:
+    for index, block in enumerate(blocks):
         attn1 = block.attn1
         dim = attn1.query_dim
         like = {"dtype": attn1.to_q.weight.dtype, "device": attn1.to_q.weight.device}
-        # The same head split and bias setting as the block's own self-attention.
-        block.attn_temp = Attention(
-            query_dim=dim, heads=attn1.heads, dim_head=dim // attn1.heads, bias=attn1.to_q.bias is not None
-        ).to(**like)
+        # The same head split and bias setting as the block's own self-attention. Its random
+        # init comes from a fixed seed, so inflating the same model twice gives the same
+        # model (tuning is then reproducible from its own seed), whatever the global RNG holds.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(TEMPORAL_INIT_SEED + index)
+            block.attn_temp = Attention(
+                query_dim=dim, heads=attn1.heads, dim_head=dim // attn1.heads, bias=attn1.to_q.bias is not None
+            ).to(**like)
         block.norm_temp = nn.LayerNorm(dim).to(**like)
         # A zero output projection makes the temporal branch start as the identity.
         nn.init.zeros_(block.attn_temp.to_out[0].weight)

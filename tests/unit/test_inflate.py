@@ -329,3 +329,16 @@ def test_fork_shares_frozen_tensors_and_owns_trainables():
     assert fork.layout is not video.layout
     fork(torch.randn(1, 2, 4, 8, 8), 10, ctx)
     assert torch.equal(video(x, 10, ctx), before)
+
+
+def test_inflation_is_reproducible_whatever_the_global_rng():
+    torch.manual_seed(1)
+    first = inflate_unet(tiny_unet()).trainable_state_dict()
+    torch.manual_seed(2)
+    torch.rand(100)
+    second = inflate_unet(tiny_unet()).trainable_state_dict()
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    state = torch.random.get_rng_state()
+    inflate_unet(tiny_unet())
+    assert torch.equal(state, torch.random.get_rng_state()), "inflation must not consume the global RNG"

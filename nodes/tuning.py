@@ -1,0 +1,214 @@
+"""One-shot Tune with Smooth Loss (the paper's Eq. 4 on Tune-A-Video) and Load Tuned Video Weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+
+import torch
+from comfy_api.latest import io
+
+import comfy.model_management
+import folder_paths
+
+from ..smooth_core import convert, losses, tune
+from .common import CATEGORY, NODE_PREFIX, Progress
+from .plot import loss_curve_image
+from .video_model import VideoUNetAdapter, source_unet, video_adapter
+
+WEIGHTS_SUFFIX = ".safetensors"
+CHECKPOINT_SUFFIX = ".checkpoint.safetensors"
+
+
+def require_video_model(model, node: str) -> VideoUNetAdapter:
+    adapter = video_adapter(model)
+    if adapter is None:
+        raise ValueError(f"{node} needs a video MODEL: put Inflate UNet between Load Checkpoint and this node")
+    return adapter
+
+
+def weights_path(save_name: str, suffix: str) -> str:
+    """models/smoothvideo/<save_name><suffix>; the name may not leave that folder."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 _.-]*", save_name) or ".." in save_name:
+        raise ValueError(
+            f"save_name {save_name!r} must be a plain file name (letters, digits, space, _ . -; no / or ..): "
+            "tuned weights are saved in models/smoothvideo/"
+        )
+    folder = folder_paths.get_folder_paths("smoothvideo")[0]
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, save_name + suffix)
+
+
+def base_metadata(model, latents: torch.Tensor) -> dict[str, str]:
+    """What tuned weights must match: the base UNet, the frame count and the latent size."""
+    return {
+        "base_unet": convert.unet_fingerprint(source_unet(model).state_dict()),
+        "frames": str(latents.shape[1]),
+        "latent_size": f"{latents.shape[-2]}x{latents.shape[-1]}",
+    }
+
+
+def forked_adapter(adapter: VideoUNetAdapter) -> VideoUNetAdapter:
+    """A new adapter whose UNet shares the frozen weights and owns float32 trainables."""
+    with torch.inference_mode(False):  # trainable tensors must be usable by autograd
+        video_unet = adapter.video_unet.fork()
+        for p in video_unet.trainable_parameters():
+            p.data = p.data.float()
+    return VideoUNetAdapter(video_unet, adapter.attention, adapter.source[0])
+
+
+class OneShotTune(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=NODE_PREFIX + "OneShotTune",
+            display_name="One-shot Tune with Smooth Loss",
+            category=CATEGORY,
+            is_output_node=True,
+            description=(
+                "Tune-A-Video one-shot tuning of a video MODEL on one video, with the SmoothVideo noise "
+                "constraint: loss = MSE + lambda2 * smooth loss (Eq. 4). Only attn1/attn2 query projections and "
+                "the temporal attention train. Saves the tuned weights (and a checkpoint every N steps, which a "
+                "re-run with the same settings resumes) in models/smoothvideo/."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The inflated MODEL (Inflate UNet). It is not changed; a tuned copy is output."),
+                io.Latent.Input("latent", tooltip="The source video: VAE Encode of its frames. The LATENT batch is the frame axis (24 frames at 512 px in the paper)."),
+                io.Conditioning.Input("positive", tooltip="The prompt that describes the source video."),
+                io.Int.Input("steps", default=500, min=1, max=100000, tooltip="Optimizer steps (paper: 500; 300-500 for Tune-A-Video)."),
+                io.Float.Input("learning_rate", default=3e-5, min=1e-7, max=1e-2, step=1e-6, tooltip="AdamW learning rate (Tune-A-Video: 3e-5)."),
+                io.Float.Input("lambda2", default=0.2, min=0.0, max=10.0, step=0.01, tooltip="Weight of the smooth loss (paper: 0.2). 0 = the Tune-A-Video baseline."),
+                io.Float.Input("lambda1", default=1000.0, min=1.0, max=1e6, step=1.0, tooltip="Divisor of the C coefficient in the smooth loss (paper: 1000)."),
+                io.Combo.Input("variant", options=list(losses.VARIANTS), default="cross_frame", tooltip="cross_frame: Eq. 3 (second differences, needs 3 frames). native: first differences. simple / simple_first: |D2(eps)| / |D(eps)| without the latent term."),
+                io.Int.Input("seed", default=33, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip="Seeds the noise and timesteps drawn each step."),
+                io.Int.Input("checkpoint_every", default=100, min=0, max=100000, tooltip="Save a resumable checkpoint every N steps (0 = never)."),
+                io.String.Input("save_name", default="smoothvideo_tuned", tooltip="File name (no folders) in models/smoothvideo/ for the tuned weights."),
+                io.Boolean.Input("gradient_checkpointing", default=False, tooltip="Recompute activations in the backward pass: much less GPU memory, about a third slower."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="tuned_model", tooltip="The tuned video MODEL, for DDIM Invert Video and the sampler."),
+                io.Image.Output(display_name="loss_curve", tooltip="Total, MSE and smooth loss per step."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, latent, positive, steps, learning_rate, lambda2, lambda1, variant, seed,
+                checkpoint_every, save_name, gradient_checkpointing) -> io.NodeOutput:
+        adapter = require_video_model(model, "One-shot Tune")
+        final_path = weights_path(save_name, WEIGHTS_SUFFIX)
+        checkpoint_path = weights_path(save_name, CHECKPOINT_SUFFIX)
+        # Checkpoints are written by this node (they carry the loss history for the curve).
+        config = tune.TuneConfig(
+            steps=steps, learning_rate=learning_rate, lambda1=lambda1, lambda2=lambda2, variant=variant,
+            seed=seed, gradient_checkpointing=gradient_checkpointing,
+        )
+        samples = latent["samples"]
+        if samples.dim() != 4:
+            raise ValueError(f"expected an image LATENT batch (frames, channels, height, width), got {tuple(samples.shape)}")
+        latents = model.model.latent_format.process_in(samples.float()).unsqueeze(0)
+        text = positive[0][0].float()
+        metadata = base_metadata(model, latents)
+        metadata.update(lambda1=str(lambda1), lambda2=str(lambda2), variant=variant, steps=str(steps),
+                        attention=adapter.attention)
+
+        comfy.model_management.unload_all_models()
+        device = comfy.model_management.get_torch_device()
+        tuned = forked_adapter(adapter)
+        tuned.video_unet.to(device)
+        tuner = tune.Tuner(tuned.video_unet, latents, text, config)
+        with torch.inference_mode(False):  # loaded optimizer state is updated in place later
+            history = resume_if_possible(tuner, checkpoint_path, metadata)
+        first_step = tuner.steps_done
+        progress = Progress(steps)
+        progress.bar.update_absolute(first_step)
+
+        def after_step(record: tune.StepRecord) -> None:
+            history.append([record.total, record.mse, record.smooth])
+            if checkpoint_every and record.step % checkpoint_every == 0:
+                tune.save_checkpoint(tuner, checkpoint_path, {**metadata, "history": json.dumps(history)})
+            progress.step()
+
+        started = time.time()
+        try:
+            tuner.run(callback=after_step)
+        finally:
+            tuned.video_unet.requires_grad_(False).eval()
+            tuned.video_unet.to(comfy.model_management.unet_offload_device())
+            comfy.model_management.soft_empty_cache()
+        tune.save_tuned_weights(tuned.video_unet, final_path, metadata)
+        seconds = time.time() - started
+        ran = steps - first_step
+
+        curve = loss_curve_image({
+            "total": [h[0] for h in history],
+            "mse": [h[1] for h in history],
+            "smooth": [h[2] if h[2] is not None else float("nan") for h in history],
+        })
+        total, mse, smooth = history[-1]
+        summary = (
+            f"tuned {ran} steps in {seconds:.1f} s ({seconds / max(ran, 1):.2f} s/step)"
+            + (f", resumed from the checkpoint at step {first_step}" if first_step else "")
+            + f"\nfinal loss {total:.4f} (mse {mse:.4f}, smooth {smooth if smooth is not None else float('nan'):.4f})"
+            + f"\nsaved models/smoothvideo/{os.path.basename(final_path)}"
+        )
+        patched = model.clone()
+        patched.add_object_patch("diffusion_model", tuned)
+        return io.NodeOutput(patched, curve, ui={"text": [summary], "losses": history})
+
+
+def resume_if_possible(tuner: tune.Tuner, checkpoint_path: str, metadata: dict[str, str]) -> list[list]:
+    """Continues from this save_name's checkpoint when it was made for the same base model,
+    video and settings (a different run starts anew); returns the loss history so far."""
+    if not os.path.exists(checkpoint_path):
+        return []
+    state = tune.load_checkpoint(checkpoint_path)
+    saved = state["metadata"]
+    if any(saved.get(key) != value for key, value in metadata.items() if key != "steps"):
+        return []
+    try:
+        tuner.load_state_dict(state)
+    except ValueError:
+        return []
+    return json.loads(saved["history"])
+
+
+class LoadTunedVideoWeights(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        files = [f for f in folder_paths.get_filename_list("smoothvideo") if not f.endswith(CHECKPOINT_SUFFIX)]
+        return io.Schema(
+            node_id=NODE_PREFIX + "LoadTunedVideoWeights",
+            display_name="Load Tuned Video Weights",
+            category=CATEGORY,
+            description="Applies weights saved by One-shot Tune (models/smoothvideo/) to an inflated MODEL of the same base checkpoint.",
+            inputs=[
+                io.Model.Input("model", tooltip="The inflated MODEL (Inflate UNet) of the checkpoint the weights were tuned from."),
+                io.Combo.Input("weights", options=sorted(files), tooltip="Tuned weights in models/smoothvideo/."),
+            ],
+            outputs=[io.Model.Output(display_name="tuned_model", tooltip="The video MODEL with the tuned weights.")],
+        )
+
+    @classmethod
+    def execute(cls, model, weights) -> io.NodeOutput:
+        adapter = require_video_model(model, "Load Tuned Video Weights")
+        path = folder_paths.get_full_path("smoothvideo", weights)
+        if path is None:
+            raise ValueError(f"tuned weights {weights!r} not found in models/smoothvideo/")
+        state, metadata = tune.load_tuned_weights(path)
+        base = convert.unet_fingerprint(source_unet(model).state_dict())
+        if metadata.get("base_unet") not in (None, base):
+            raise ValueError(
+                f"{weights} was tuned from another base model (UNet {metadata.get('base_unet')}, this one is {base}): "
+                "load the checkpoint it was tuned from"
+            )
+        tuned = forked_adapter(adapter)
+        tuned.video_unet.load_trainable_state_dict(state)
+        tuned.video_unet.requires_grad_(False).eval()
+        patched = model.clone()
+        patched.add_object_patch("diffusion_model", tuned)
+        return io.NodeOutput(patched)
+
+
+NODES = [OneShotTune, LoadTunedVideoWeights]

@@ -1,0 +1,554 @@
+"""One-shot video tuning (Tune-A-Video) with the paper's smooth loss, Eq. 4.
+
+    L = MSE(eps_theta(x_t, t, text), noise) + lambda2 * L_noise(eps_theta, x_t, C)
+
+One `Tuner` holds all the state of a run: the inflated model's trainable set, the AdamW
+optimizer, the step counter and a CPU `torch.Generator` that draws every step's noise and
+timesteps, so a run is reproducible whatever the device, and a run resumed from a checkpoint
+ends bitwise where the uninterrupted run ends (CPU, float32).
+
+Checkpoints and tuned weights are safetensors files (no pickle): tensors in the file, the
+rest as JSON strings in its metadata, each written to a temporary file beside the target
+and moved into place, so a crash never leaves a half-written file under the real name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from . import checks, losses, schedule
+
+__all__ = [
+    "MIXED_PRECISION",
+    "NonFiniteLossError",
+    "StepRecord",
+    "TuneConfig",
+    "Tuner",
+    "load_checkpoint",
+    "load_tuned_weights",
+    "save_checkpoint",
+    "save_tuned_weights",
+]
+
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+
+# Metadata keys this module writes; user metadata may not use the prefix.
+_RESERVED_PREFIX = "smoothvideo."
+_FORMAT_KEY = "smoothvideo.format"
+_STATE_KEY = "smoothvideo.tuner_state"
+_CHECKPOINT_FORMAT = "tune_checkpoint_v1"
+_WEIGHTS_FORMAT = "tuned_weights_v1"
+
+# Config fields that define the optimisation problem: a checkpoint resumes only into a
+# Tuner that agrees on all of them. steps, checkpoint_every, mixed_precision and
+# gradient_checkpointing may change between sessions (e.g. to extend a run).
+_RESUME_FIELDS = (
+    "seed",
+    "learning_rate",
+    "lambda1",
+    "lambda2",
+    "variant",
+    "reduction",
+    "max_grad_norm",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_weight_decay",
+    "adam_epsilon",
+)
+
+
+class NonFiniteLossError(ValueError):
+    """The loss (or the gradient norm) of a step was NaN or inf; the weights were not updated."""
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Hyperparameters of one-shot tuning; the defaults are the paper's (Tune-A-Video's for the optimizer).
+
+    Attributes:
+        steps: optimizer steps of the whole run.
+        learning_rate: AdamW learning rate (constant).
+        lambda1: the divisor of C in the smooth loss (Eq. 3).
+        lambda2: weight of the smooth loss in Eq. 4; 0 is the Tune-A-Video baseline.
+        variant: smooth loss form, one of `losses.VARIANTS`.
+        reduction: "l1" (mean absolute value, as the published code) or "l2".
+        seed: seeds the CPU generator of the per-step noise and timesteps.
+        max_grad_norm: the trainable gradients are clipped to this total L2 norm.
+        checkpoint_every: `Tuner.run` writes a checkpoint every this many steps; 0 = never.
+        mixed_precision: "auto" (bf16 autocast on a CUDA device that supports it, else
+            none), "no", "bf16", or "fp16" (autocast with a gradient scaler). Autocast covers
+            the forward pass and the loss only; the trainable weights stay float32.
+        gradient_checkpointing: recompute activations in the backward pass (less memory,
+            about a third more time).
+        adam_beta1, adam_beta2, adam_weight_decay, adam_epsilon: AdamW's, as Tune-A-Video.
+    """
+
+    steps: int = 500
+    learning_rate: float = 3e-5
+    lambda1: float = 1000.0
+    lambda2: float = 0.2
+    variant: str = "cross_frame"
+    reduction: str = "l1"
+    seed: int = 33
+    max_grad_norm: float = 1.0
+    checkpoint_every: int = 0
+    mixed_precision: str = "auto"
+    gradient_checkpointing: bool = False
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+
+    def __post_init__(self):
+        if not _is_int(self.steps) or self.steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
+        if not _is_int(self.checkpoint_every) or self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be an integer >= 0 (0 = never), got {self.checkpoint_every!r}")
+        if not _is_int(self.seed) or not 0 <= self.seed < 2**64:
+            raise ValueError(f"seed must be an integer in [0, 2**64), got {self.seed!r}")
+        _require_positive("learning_rate", self.learning_rate, "3e-5 is the paper's value")
+        _require_positive("lambda1", self.lambda1, "1000 is the paper's value")
+        checks.require_nonnegative_finite("lambda2 (0 = Tune-A-Video baseline, 0.2 = the paper)", self.lambda2)
+        _require_positive("max_grad_norm", self.max_grad_norm, "1.0 is the published code's value")
+        _require_positive("adam_epsilon", self.adam_epsilon, "1e-8 is Tune-A-Video's value")
+        checks.require_nonnegative_finite("adam_weight_decay", self.adam_weight_decay)
+        for name in ("adam_beta1", "adam_beta2"):
+            beta = getattr(self, name)
+            if not (isinstance(beta, (int, float)) and 0.0 <= beta < 1.0):
+                raise ValueError(f"{name} must be in [0, 1), got {beta!r} (Tune-A-Video: 0.9 and 0.999)")
+        if self.variant not in losses.VARIANTS:
+            raise ValueError(
+                f"unknown smooth loss variant {self.variant!r}; choose one of {', '.join(losses.VARIANTS)}"
+            )
+        if self.reduction not in losses.REDUCTIONS:
+            raise ValueError(f"unknown reduction {self.reduction!r}; choose one of {', '.join(losses.REDUCTIONS)}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(
+                f"unknown mixed_precision {self.mixed_precision!r}; choose one of {', '.join(MIXED_PRECISION)}"
+            )
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ValueError(f"gradient_checkpointing must be True or False, got {self.gradient_checkpointing!r}")
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """The losses of one optimizer step, measured before its update.
+
+    `step` counts completed steps (1 after the first). `smooth` is None when the video is
+    too short for the variant (possible only with lambda2 = 0).
+    """
+
+    step: int
+    total: float
+    mse: float
+    smooth: float | None
+
+
+class Tuner:
+    """The tuning state of one video: model, optimizer, step counter and noise generator.
+
+    Args:
+        video_unet: an inflated UNet (`inflate.inflate_unet`). Its trainable set
+            (`trainable_parameters()`) is marked trainable and optimised; everything else is
+            frozen. Trainable parameters must be float32 (the optimizer's master weights);
+            with mixed precision the frozen ones may be half precision.
+        latents: (b, f, c, h, w) CLEAN latents already multiplied by the VAE scale factor
+            (0.18215 for SD1.x). Whether they are a sample of the VAE posterior (as the
+            published code) or its mean is the caller's choice; they stay fixed for the run.
+        text_embeds: (b, n, d) prompt embeddings, one per video.
+        config: hyperparameters.
+        alphas_cumprod: (T,) the noise schedule; default `schedule.sd15_alphas_cumprod()`.
+            Timesteps are drawn uniformly from [0, T).
+
+    Each step draws, from the CPU generator seeded with `config.seed`, first the noise
+    (b, f, c, h, w) ~ N(0, I) in float32, then one timestep per video (b,); both then move
+    to the model's device. The UNet is in train() mode during a step (diffusers only
+    checkpoints gradients in training mode; SD1.x has no dropout, so the output is the
+    same) and back in its previous mode afterwards. Steps run with gradients enabled and
+    outside inference mode, as ComfyUI executes nodes under `torch.inference_mode()`.
+    """
+
+    def __init__(self, video_unet, latents: torch.Tensor, text_embeds: torch.Tensor, config: TuneConfig,
+                 alphas_cumprod: torch.Tensor | None = None):
+        if not isinstance(config, TuneConfig):
+            raise ValueError(f"config must be a TuneConfig, got {type(config).__name__}")
+        self.config = config
+        self.video_unet = video_unet
+        device = next(video_unet.parameters()).device
+        self.device = device
+
+        if config.lambda2 > 0:
+            checks.require_video("latents", latents, losses.min_frames(config.variant),
+                                 f"tuning with the {config.variant} smooth loss")
+        else:
+            checks.require_video("latents", latents, 1, "tuning")
+        in_channels = video_unet.unet.config.in_channels
+        if latents.shape[2] != in_channels:
+            raise ValueError(
+                f"latents have {latents.shape[2]} channels but the UNet takes {in_channels}: "
+                f"pass VAE latents of the model's own VAE"
+            )
+        if not isinstance(text_embeds, torch.Tensor) or text_embeds.dim() != 3:
+            shape = tuple(text_embeds.shape) if isinstance(text_embeds, torch.Tensor) else type(text_embeds).__name__
+            raise ValueError(f"text_embeds must have shape (batch, tokens, dim), got {shape}")
+        if text_embeds.shape[0] != latents.shape[0]:
+            raise ValueError(
+                f"latents hold {latents.shape[0]} videos but text_embeds {text_embeds.shape[0]} prompts: "
+                f"give one prompt embedding per video"
+            )
+        checks.require_finite("latents", latents)
+        checks.require_finite("text_embeds", text_embeds)
+
+        if alphas_cumprod is None:
+            alphas_cumprod = schedule.sd15_alphas_cumprod()
+        alphas_cumprod = torch.as_tensor(alphas_cumprod)
+        if alphas_cumprod.dim() != 1 or not alphas_cumprod.is_floating_point():
+            raise ValueError(f"alphas_cumprod must be a 1-D float tensor, got {tuple(alphas_cumprod.shape)}")
+        if not bool(((alphas_cumprod > 0) & (alphas_cumprod <= 1)).all()):
+            raise ValueError("alphas_cumprod must lie in (0, 1]; pass the model's noise schedule")
+        # Kept on the CPU in float64: the timesteps are drawn there and C needs >= float32.
+        self.alphas_cumprod = alphas_cumprod.detach().to("cpu", torch.float64)
+
+        self.precision = _resolve_precision(config.mixed_precision, device)
+        with torch.inference_mode(False):
+            video_unet.mark_trainable()
+        self.trainable_parameters = list(video_unet.trainable_parameters())
+        if not self.trainable_parameters:
+            raise ValueError("the video UNet has no trainable parameters; inflate it with inflate.inflate_unet")
+        half = sorted({str(p.dtype) for p in self.trainable_parameters if p.dtype != torch.float32})
+        if half:
+            raise ValueError(
+                f"trainable parameters must be float32 master weights, found {', '.join(half)}: "
+                f"load the UNet in float32 and use mixed_precision for speed"
+            )
+        if self.precision == "no" and any(p.dtype != torch.float32 for p in video_unet.parameters()):
+            raise ValueError(
+                "the UNet has non-float32 weights: use mixed_precision 'bf16' or 'fp16', or cast it to float32"
+            )
+        if config.gradient_checkpointing:
+            video_unet.enable_gradient_checkpointing()
+
+        with torch.inference_mode(False):
+            # Clones made outside inference mode, so autograd may use them even when the
+            # caller's tensors are inference tensors (ComfyUI).
+            self.latents = latents.detach().to(device, torch.float32).clone()
+            self.text_embeds = text_embeds.detach().to(device, torch.float32).clone()
+            self.optimizer = torch.optim.AdamW(
+                self.trainable_parameters,
+                lr=config.learning_rate,
+                betas=(config.adam_beta1, config.adam_beta2),
+                eps=config.adam_epsilon,
+                weight_decay=config.adam_weight_decay,
+            )
+        self.scaler = torch.amp.GradScaler(device.type) if self.precision == "fp16" else None
+        self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
+        self.steps_done = 0
+
+    def step(self) -> StepRecord:
+        """One optimizer step of Eq. 4. On a NaN/inf loss it raises NonFiniteLossError without
+        touching the weights or the step counter (the generator has moved on by one draw)."""
+        module = self.video_unet
+        was_training = module.training
+        module.train()
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                return self._step()
+        finally:
+            module.train(was_training)
+
+    def _step(self) -> StepRecord:
+        x0 = self.latents
+        b = x0.shape[0]
+        noise = torch.randn(x0.shape, generator=self.generator, dtype=torch.float32)
+        t = torch.randint(0, self.alphas_cumprod.shape[0], (b,), generator=self.generator)
+        a_t = self.alphas_cumprod[t]
+        sqrt_a = a_t.sqrt().float().view(b, 1, 1, 1, 1).to(self.device)
+        sqrt_one_minus_a = (1.0 - a_t).sqrt().float().view(b, 1, 1, 1, 1).to(self.device)
+        noise = noise.to(self.device)
+        x_t = sqrt_a * x0 + sqrt_one_minus_a * noise
+        c = schedule.c_for_timesteps(t, self.alphas_cumprod).to(self.device)
+        t = t.to(self.device)
+
+        cfg = self.config
+        with self._autocast():
+            eps = self.video_unet(x_t, t, self.text_embeds)
+            if x0.shape[1] >= losses.min_frames(cfg.variant):
+                total, mse, smooth = losses.total_loss(
+                    eps, noise, x_t, c, cfg.lambda1, cfg.lambda2, cfg.variant, cfg.reduction
+                )
+            else:  # too short to measure smoothness; only allowed with lambda2 = 0
+                total = mse = torch.nn.functional.mse_loss(eps.float(), noise)
+                smooth = None
+
+        step = self.steps_done + 1
+        total_value = total.item()
+        if not math.isfinite(total_value):
+            raise NonFiniteLossError(
+                f"the loss is {total_value} at step {step}; the weights were not updated. Lower the learning "
+                f"rate, use mixed_precision 'bf16' or 'no' rather than 'fp16', and check that the latents and "
+                f"text embeddings are sane"
+            )
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.trainable_parameters, cfg.max_grad_norm)
+            # The scaler skips the update (and lowers its scale) when fp16 gradients overflowed.
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            total.backward()
+            norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters, cfg.max_grad_norm)
+            if not torch.isfinite(norm):
+                self.optimizer.zero_grad(set_to_none=True)
+                raise NonFiniteLossError(
+                    f"the gradient norm is {norm.item()} at step {step}; the weights were not updated. Lower the "
+                    f"learning rate and check that the latents and text embeddings are sane"
+                )
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.steps_done = step
+        return StepRecord(step, total_value, mse.item(), None if smooth is None else smooth.item())
+
+    def _autocast(self):
+        if self.precision == "no":
+            return torch.autocast(self.device.type, enabled=False)
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def run(self, callback=None, checkpoint_path: str | os.PathLike | None = None,
+            checkpoint_metadata: dict[str, str] | None = None) -> list[StepRecord]:
+        """Step from `steps_done` to `config.steps`.
+
+        Args:
+            callback: called with each StepRecord after its step (progress, cancel). An
+                exception it raises propagates and ends the run; `steps_done` then tells how
+                far it got, and a later `run()` continues from there.
+            checkpoint_path: where a checkpoint goes every `config.checkpoint_every` steps
+                (overwritten each time, before the callback sees that step). Required when
+                checkpoint_every > 0, refused when it is 0.
+            checkpoint_metadata: strings stored with each checkpoint (see save_checkpoint).
+
+        Returns the records of the steps this call ran.
+        """
+        every = self.config.checkpoint_every
+        if every and checkpoint_path is None:
+            raise ValueError(f"checkpoint_every is {every}: give a checkpoint_path, or set checkpoint_every to 0")
+        if not every and checkpoint_path is not None:
+            raise ValueError("a checkpoint_path was given but checkpoint_every is 0: set how often to save")
+        records = []
+        while self.steps_done < self.config.steps:
+            record = self.step()
+            records.append(record)
+            if every and record.step % every == 0:
+                save_checkpoint(self, checkpoint_path, checkpoint_metadata or {})
+            if callback is not None:
+                callback(record)
+        return records
+
+    def state_dict(self) -> dict:
+        """Everything a resume needs. Tensors share storage with the live state (like
+        `nn.Module.state_dict`): save or clone them before stepping on.
+
+        Keys: "trainable" (name -> tensor), "optimizer" (torch's optimizer state dict),
+        "step" (int), "rng" (uint8 generator state), "config" (dict), "video_shape"
+        ([b, f, c, h, w]) and, with fp16, "scaler" (the GradScaler's state).
+        """
+        state = {
+            "trainable": self.video_unet.trainable_state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.steps_done,
+            "rng": self.generator.get_state(),
+            "config": asdict(self.config),
+            "video_shape": list(self.latents.shape),
+        }
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume from `state_dict()` / `load_checkpoint()`. Refuses a state made with another
+        seed, learning rate, loss or optimizer setting, or for a video of another shape."""
+        missing = sorted({"trainable", "optimizer", "step", "rng", "config", "video_shape"} - state.keys())
+        if missing:
+            raise ValueError(f"not a tuner state: missing {', '.join(missing)}")
+        theirs = state["config"]
+        mine = asdict(self.config)
+        differing = [f"{k}: checkpoint {theirs.get(k)!r}, this run {mine[k]!r}"
+                     for k in _RESUME_FIELDS if theirs.get(k) != mine[k]]
+        if differing:
+            raise ValueError(
+                "the checkpoint was made with different settings (" + "; ".join(differing) + "): resume with "
+                "the checkpoint's config, e.g. TuneConfig(**{**checkpoint['config'], 'steps': N})"
+            )
+        if list(state["video_shape"]) != list(self.latents.shape):
+            raise ValueError(
+                f"the checkpoint tuned a video of shape {list(state['video_shape'])}, this run has "
+                f"{list(self.latents.shape)}: resume with the same video, frames and resolution"
+            )
+        step = state["step"]
+        if not _is_int(step) or step < 0:
+            raise ValueError(f"checkpoint step must be an integer >= 0, got {step!r}")
+        self.video_unet.load_trainable_state_dict(state["trainable"])
+        with torch.inference_mode(False):
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["rng"].to("cpu", torch.uint8))
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self.steps_done = step
+
+
+def save_checkpoint(tuner: Tuner, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """Write `tuner.state_dict()` to a safetensors file, atomically.
+
+    Tensors: "trainable.<name>", "optimizer.<param index>.<name>" (exp_avg, exp_avg_sq),
+    "rng" (uint8). The metadata holds the caller's strings and, under "smoothvideo.*" keys,
+    the rest as JSON: step, config, video shape, the optimizer's param groups and its
+    per-parameter scalars (AdamW's 'step'), and the fp16 scaler state.
+    """
+    metadata = _check_metadata(metadata)
+    state = tuner.state_dict()
+    tensors = {f"trainable.{k}": v for k, v in state["trainable"].items()}
+    scalars = {}
+    for index, param_state in state["optimizer"]["state"].items():
+        for name, value in param_state.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                tensors[f"optimizer.{index}.{name}"] = value
+            else:
+                scalars.setdefault(str(index), {})[name] = _scalar_to_json(value)
+    tensors["rng"] = state["rng"]
+    extra = {
+        "step": state["step"],
+        "config": state["config"],
+        "video_shape": state["video_shape"],
+        "param_groups": state["optimizer"]["param_groups"],
+        "optimizer_scalars": scalars,
+    }
+    if "scaler" in state:
+        extra["scaler"] = state["scaler"]
+    metadata[_FORMAT_KEY] = _CHECKPOINT_FORMAT
+    metadata[_STATE_KEY] = json.dumps(extra)
+    _atomic_save(tensors, path, metadata)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint of `save_checkpoint` into a `Tuner.load_state_dict` state (on the CPU),
+    with the caller's strings under "metadata"."""
+    tensors, metadata = _load(path, _CHECKPOINT_FORMAT)
+    extra = json.loads(metadata.pop(_STATE_KEY))
+    optimizer_state: dict[int, dict] = {}
+    trainable = {}
+    for key, value in tensors.items():
+        kind, _, rest = key.partition(".")
+        if kind == "trainable":
+            trainable[rest] = value
+        elif kind == "optimizer":
+            index, _, name = rest.partition(".")
+            optimizer_state.setdefault(int(index), {})[name] = value
+    for index, values in extra["optimizer_scalars"].items():
+        for name, value in values.items():
+            optimizer_state.setdefault(int(index), {})[name] = _scalar_from_json(value)
+    state = {
+        "trainable": trainable,
+        "optimizer": {"state": optimizer_state, "param_groups": extra["param_groups"]},
+        "step": extra["step"],
+        "rng": tensors["rng"],
+        "config": extra["config"],
+        "video_shape": extra["video_shape"],
+        "metadata": metadata,
+    }
+    if "scaler" in extra:
+        state["scaler"] = extra["scaler"]
+    return state
+
+
+def save_tuned_weights(video_unet, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """Write only the trainable tensors (keys as `trainable_state_dict()`) to safetensors,
+    atomically, with the caller's strings as metadata (e.g. base model hash, frames,
+    resolution, lambdas, steps)."""
+    metadata = _check_metadata(metadata)
+    metadata[_FORMAT_KEY] = _WEIGHTS_FORMAT
+    _atomic_save(dict(video_unet.trainable_state_dict()), path, metadata)
+
+
+def load_tuned_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(state dict for `VideoUNet.load_trainable_state_dict`, the metadata strings given at save)."""
+    return _load(path, _WEIGHTS_FORMAT)
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str]) -> None:
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    # Same folder, so os.replace is a rename on one file system.
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _load(path, expected_format: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    path = os.fspath(path)
+    with safe_open(path, framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+    found = metadata.pop(_FORMAT_KEY, None)
+    if found != expected_format:
+        kinds = {_CHECKPOINT_FORMAT: ("a tuning checkpoint", "load_checkpoint"),
+                 _WEIGHTS_FORMAT: ("tuned weights", "load_tuned_weights")}
+        if found in kinds:
+            raise ValueError(f"{path} holds {kinds[found][0]}: open it with {kinds[found][1]}")
+        raise ValueError(f"{path} is not a SmoothVideo file ({kinds[expected_format][0]} expected)")
+    return load_file(path), metadata
+
+
+def _check_metadata(metadata: dict[str, str] | None) -> dict[str, str]:
+    metadata = dict(metadata or {})
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ValueError(f"metadata must map strings to strings; convert {key!r}: {value!r} with str()")
+        if key.startswith(_RESERVED_PREFIX):
+            raise ValueError(f"metadata key {key!r} uses the reserved prefix {_RESERVED_PREFIX!r}; rename it")
+    return metadata
+
+
+def _scalar_to_json(value):
+    if isinstance(value, torch.Tensor):
+        return {"tensor": str(value.dtype).removeprefix("torch."), "value": value.item()}
+    return value
+
+
+def _scalar_from_json(value):
+    if isinstance(value, dict) and "tensor" in value:
+        return torch.tensor(value["value"], dtype=getattr(torch, value["tensor"]))
+    return value
+
+
+def _resolve_precision(requested: str, device: torch.device) -> str:
+    if requested == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return "bf16" if cuda_bf16 else "no"
+    if requested == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("this GPU has no bfloat16 support: use mixed_precision 'fp16' or 'no'")
+    return requested
+
+
+def _require_positive(name: str, value, hint: str) -> None:
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r} ({hint})")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+

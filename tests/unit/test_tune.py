@@ -1,0 +1,469 @@
+"""One-shot tuning (Eq. 4) on a tiny inflated UNet: a hand-written reference step, resume
+exactness, the frozen set, checkpoints and the errors a user meets."""
+
+import math
+import os
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+from safetensors import safe_open
+
+from smooth_core import tune
+from smooth_core.inflate import inflate_unet
+from smooth_core.tune import NonFiniteLossError, TuneConfig, Tuner
+
+TINY = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=1,
+    block_out_channels=(32, 64),
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32,
+    attention_head_dim=8,
+    norm_num_groups=8,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model is bound by per-op overhead: extra threads only spin, and on a busy
+    2-core machine they made this file five times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def base_weights():
+    """The 2D model every test inflates: one set of base weights."""
+    torch.manual_seed(0)
+    return UNet2DConditionModel(**TINY).state_dict()
+
+
+def video_unet_from(base_weights, temporal_seed=1):
+    """A fresh inflation of the base weights. The new temporal layers are seeded, and their
+    output projections made non-zero, so that every trainable tensor gets a gradient from
+    the first step."""
+    unet = UNet2DConditionModel(**TINY)
+    unet.load_state_dict(base_weights)
+    torch.manual_seed(temporal_seed)
+    video_unet = inflate_unet(unet.eval())
+    with torch.no_grad():
+        for name, p in video_unet.unet.named_parameters():
+            if ".attn_temp.to_out." in name:
+                p.copy_(0.1 * torch.randn(p.shape))
+    return video_unet
+
+
+def toy_video(frames=5):
+    """(1, f, 4, 8, 8): a smooth pattern shifting one pixel to the right per frame."""
+    y, x = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    video = [
+        torch.stack([torch.sin(0.8 * (x - n) + k) * torch.cos(0.5 * y + k) for k in range(4)]) for n in range(frames)
+    ]
+    return torch.stack(video)[None]
+
+
+def text_embeds():
+    return torch.randn(1, 4, 32, generator=torch.Generator().manual_seed(1))
+
+
+def trainables(video_unet):
+    return {k: v.clone() for k, v in video_unet.trainable_state_dict().items()}
+
+
+# ---------------------------------------------------------------- the reference step
+
+
+def reference_step(video_unet, latents, context, config):
+    """Eq. 4 by hand: the draws documented by Tuner (noise, then t, from a CPU generator),
+    the SD1.5 schedule, C of Eq. 2 and the cross-frame smooth loss (Eq. 3) in float64
+    loops, the clip and AdamW's first step. Returns (loss, updated trainables by name)."""
+    b, f = latents.shape[:2]
+    generator = torch.Generator().manual_seed(config.seed)
+    noise = torch.randn(latents.shape, generator=generator)
+    t = torch.randint(0, 1000, (b,), generator=generator)
+
+    alpha_bar, prod = [], 1.0
+    for i in range(1000):
+        beta = (math.sqrt(0.00085) + (math.sqrt(0.012) - math.sqrt(0.00085)) * i / 999) ** 2
+        prod *= 1.0 - beta
+        alpha_bar.append(prod)
+    x_t = torch.empty_like(latents)
+    c = []
+    for i in range(b):
+        a = alpha_bar[t[i]]
+        a_prev = alpha_bar[t[i] - 1] if t[i] > 0 else 1.0
+        x_t[i] = math.sqrt(a) * latents[i] + math.sqrt(1 - a) * noise[i]
+        c.append(math.sqrt(a) / (math.sqrt(a) * math.sqrt(1 - a_prev) - math.sqrt(a_prev) * math.sqrt(1 - a)))
+
+    video_unet.mark_trainable()
+    params = dict(video_unet.unet.named_parameters())
+    names = list(video_unet.trainable_state_dict())
+    eps = video_unet(x_t, t, context).double()
+    x64 = x_t.double()
+    mse = ((eps - noise.double()) ** 2).mean()
+    smooth_sum, count = 0.0, 0
+    for i in range(b):
+        for n in range(1, f - 1):
+            d_eps = 2 * eps[i, n] - eps[i, n - 1] - eps[i, n + 1]
+            d_x = 2 * x64[i, n] - x64[i, n - 1] - x64[i, n + 1]
+            residual = d_eps - (c[i] / config.lambda1) * d_x
+            smooth_sum = smooth_sum + residual.abs().sum()
+            count += residual.numel()
+    loss = mse + config.lambda2 * smooth_sum / count
+    loss.backward()
+
+    grads = {k: params[k].grad.double() for k in names}
+    norm = math.sqrt(sum(float((g * g).sum()) for g in grads.values()))
+    scale = min(1.0, config.max_grad_norm / (norm + 1e-6))
+    lr, beta1, beta2 = config.learning_rate, config.adam_beta1, config.adam_beta2
+    updated = {}
+    for k in names:
+        g = grads[k] * scale
+        m_hat = (1 - beta1) * g / (1 - beta1)
+        v_hat = (1 - beta2) * g * g / (1 - beta2)
+        p = params[k].detach().double() * (1 - lr * config.adam_weight_decay)
+        updated[k] = p - lr * m_hat / (v_hat.sqrt() + config.adam_epsilon)
+    return loss.item(), updated
+
+
+def test_one_step_matches_a_hand_written_reference(base_weights):
+    # Adam's first step is lr * g / (|g| + eps): with eps = 1e-8, gradients near 1e-8 turn
+    # float32 rounding into weight changes near lr. A larger eps keeps the comparison
+    # well-conditioned while the update is still ~lr for every real gradient.
+    # max_grad_norm below the gradient norm (~0.12) so that the clip acts.
+    config = TuneConfig(steps=1, learning_rate=1e-3, adam_epsilon=1e-3, max_grad_norm=0.05, seed=7)
+    # Two videos (the second moving the other way), so each has its own t and C.
+    latents = torch.cat([toy_video(5), toy_video(5).flip(1)])
+    context = torch.cat([text_embeds(), -text_embeds()])
+    reference_loss, reference = reference_step(video_unet_from(base_weights), latents, context, config)
+    video_unet = video_unet_from(base_weights)
+    record = Tuner(video_unet, latents, context, config).step()
+
+    assert record.step == 1
+    assert record.total == pytest.approx(reference_loss, abs=1e-6)
+    assert record.total == pytest.approx(record.mse + config.lambda2 * record.smooth, abs=1e-6)
+    tuned = video_unet.trainable_state_dict()
+    assert tuned.keys() == reference.keys()
+    for k in reference:
+        torch.testing.assert_close(tuned[k].double(), reference[k], atol=1e-6, rtol=0, msg=k)
+
+
+# ---------------------------------------------------------------- what the loop does
+
+
+def test_total_loss_decreases_over_sixty_steps(base_weights):
+    # Each step has its own random t, so single losses jump; the means of ten move. Checked
+    # with noise seeds 0..11, two base models and two temporal inits: the last ten average
+    # 0.84-0.92 of the first ten.
+    tuner = Tuner(video_unet_from(base_weights), toy_video(5), text_embeds(),
+                  TuneConfig(steps=60, learning_rate=1e-3, seed=3))
+    totals = [r.total for r in tuner.run()]
+    assert len(totals) == 60 and all(math.isfinite(x) for x in totals)
+    assert sum(totals[-10:]) / 10 < sum(totals[:10]) / 10
+
+
+def test_only_the_trainable_set_changes_and_all_of_it_does(base_weights):
+    video_unet = video_unet_from(base_weights)
+    before = {k: v.clone() for k, v in video_unet.unet.state_dict().items()}
+    trainable = set(video_unet.trainable_state_dict())
+    Tuner(video_unet, toy_video(4), text_embeds(), TuneConfig(steps=3, learning_rate=1e-3)).run()
+    after = video_unet.unet.state_dict()
+    assert trainable and trainable < before.keys()
+    for k, v in before.items():
+        if k in trainable:
+            assert not torch.equal(after[k], v), f"trainable {k} did not change"
+        else:
+            assert torch.equal(after[k], v), f"frozen {k} changed"
+
+
+def test_unet_is_in_train_mode_during_a_step_and_back_in_eval_after(base_weights, monkeypatch):
+    video_unet = video_unet_from(base_weights).eval()
+    tuner = Tuner(video_unet, toy_video(4), text_embeds(), TuneConfig(steps=1))
+    modes = []
+    forward = video_unet.forward
+    monkeypatch.setattr(video_unet, "forward", lambda *a: modes.append(video_unet.unet.training) or forward(*a))
+    tuner.step()
+    assert modes == [True] and not video_unet.training and not video_unet.unet.training
+
+
+def test_lambda2_zero_is_the_baseline_same_mse_different_update(base_weights):
+    latents, context = toy_video(5), text_embeds()
+    runs = {}
+    for lambda2 in (0.0, 0.2):
+        video_unet = video_unet_from(base_weights)
+        record = Tuner(video_unet, latents, context, TuneConfig(lambda2=lambda2, learning_rate=1e-3)).step()
+        runs[lambda2] = record, video_unet.trainable_state_dict()
+    (baseline, baseline_weights), (smooth, smooth_weights) = runs[0.0], runs[0.2]
+    assert baseline.mse == smooth.mse
+    assert baseline.total == baseline.mse and smooth.total > smooth.mse
+    assert baseline.smooth == smooth.smooth  # measured for logging even when it does not count
+    assert any(not torch.equal(baseline_weights[k], smooth_weights[k]) for k in baseline_weights)
+
+
+def test_gradient_checkpointing_gives_the_same_step(base_weights):
+    results = []
+    for checkpointing in (False, True):
+        video_unet = video_unet_from(base_weights)
+        config = TuneConfig(gradient_checkpointing=checkpointing, learning_rate=1e-4)
+        record = Tuner(video_unet, toy_video(4), text_embeds(), config).step()
+        results.append((record, video_unet.trainable_state_dict()))
+    (plain, plain_weights), (checkpointed, checkpointed_weights) = results
+    assert checkpointed.total == pytest.approx(plain.total, abs=1e-6)
+    for k in plain_weights:
+        torch.testing.assert_close(checkpointed_weights[k], plain_weights[k], atol=1e-6, rtol=0)
+
+
+def test_short_video_with_lambda2_zero_tunes_without_a_smooth_term(base_weights):
+    tuner = Tuner(video_unet_from(base_weights), toy_video(2), text_embeds(), TuneConfig(lambda2=0.0))
+    record = tuner.step()
+    assert record.smooth is None and record.total == record.mse
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_keeps_float32_master_weights(base_weights, precision):
+    video_unet = video_unet_from(base_weights)
+    before = trainables(video_unet)
+    tuner = Tuner(video_unet, toy_video(4), text_embeds(),
+                  TuneConfig(steps=3, learning_rate=1e-3, mixed_precision=precision))
+    records = tuner.run()
+    assert all(math.isfinite(r.total) for r in records)
+    after = video_unet.trainable_state_dict()
+    assert all(v.dtype == torch.float32 for v in after.values())
+    assert any(not torch.equal(after[k], before[k]) for k in before)
+    assert ("scaler" in tuner.state_dict()) == (precision == "fp16")
+
+
+def test_tunes_inside_inference_mode_as_comfyui_runs_nodes(base_weights):
+    video_unet = video_unet_from(base_weights)
+    before = trainables(video_unet)
+    with torch.inference_mode():
+        latents, context = toy_video(4) * 1.0, text_embeds() * 1.0  # inference tensors
+        Tuner(video_unet, latents, context, TuneConfig(steps=2, learning_rate=1e-3)).run()
+    assert any(not torch.equal(v, before[k]) for k, v in video_unet.trainable_state_dict().items())
+
+
+def test_auto_precision_is_none_on_cpu(base_weights):
+    tuner = Tuner(video_unet_from(base_weights), toy_video(4), text_embeds(), TuneConfig())
+    assert tuner.precision == "no"
+
+
+# ---------------------------------------------------------------- failures and cancel
+
+
+def test_nan_prediction_raises_and_leaves_the_weights_alone(base_weights, monkeypatch):
+    video_unet = video_unet_from(base_weights)
+    tuner = Tuner(video_unet, toy_video(4), text_embeds(), TuneConfig(steps=3))
+    tuner.step()
+    before = trainables(video_unet)
+    monkeypatch.setattr(video_unet, "forward", lambda x, t, c: torch.full_like(x, float("nan")))
+    with pytest.raises(NonFiniteLossError, match=r"step 2.*learning rate.*bf16") as info:
+        tuner.step()
+    assert isinstance(info.value, ValueError)
+    assert tuner.steps_done == 1
+    for k, v in video_unet.trainable_state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_overflowing_latents_raise_non_finite_loss(base_weights):
+    latents = toy_video(4)
+    latents[0, 1] = 1e30  # finite, but the squares in the UNet's group norms overflow
+    video_unet = video_unet_from(base_weights)
+    before = trainables(video_unet)
+    with pytest.raises(NonFiniteLossError, match="step 1"):
+        Tuner(video_unet, latents, text_embeds(), TuneConfig()).step()
+    for k, v in video_unet.trainable_state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_a_raising_callback_cancels_the_run_and_run_continues_later(base_weights):
+    tuner = Tuner(video_unet_from(base_weights), toy_video(4), text_embeds(), TuneConfig(steps=5))
+    seen = []
+
+    def cancel_at_three(record):
+        seen.append(record.step)
+        if record.step == 3:
+            raise KeyboardInterrupt("cancelled by the user")
+
+    with pytest.raises(KeyboardInterrupt):
+        tuner.run(cancel_at_three)
+    assert seen == [1, 2, 3] and tuner.steps_done == 3
+    assert [r.step for r in tuner.run()] == [4, 5]
+
+
+# ---------------------------------------------------------------- checkpoints and tuned weights
+
+
+# fp16 also carries the gradient scaler's state through the file.
+@pytest.mark.parametrize("precision", ["no", "fp16"])
+def test_resume_from_a_checkpoint_file_is_bitwise_exact(base_weights, tmp_path, precision):
+    latents, context = toy_video(5), text_embeds()
+    config = TuneConfig(steps=6, learning_rate=1e-3, seed=11, mixed_precision=precision)
+
+    straight = video_unet_from(base_weights)
+    straight_records = Tuner(straight, latents, context, config).run()
+
+    path = tmp_path / "tune.safetensors"
+    first_half = Tuner(video_unet_from(base_weights), latents, context,
+                       TuneConfig(steps=3, learning_rate=1e-3, seed=11, checkpoint_every=3, mixed_precision=precision))
+    first_half.run(checkpoint_path=path)
+    first_half.step()  # steps after the checkpoint must not leak into it
+
+    # A fresh model whose temporal layers start elsewhere: the checkpoint must restore them.
+    resumed = video_unet_from(base_weights, temporal_seed=99)
+    tuner = Tuner(resumed, latents, context, config)
+    tuner.load_state_dict(tune.load_checkpoint(path))
+    assert tuner.steps_done == 3
+    resumed_records = tuner.run()
+
+    assert resumed_records == straight_records[3:]
+    expected = straight.trainable_state_dict()
+    for k, v in resumed.trainable_state_dict().items():
+        assert torch.equal(v, expected[k]), k
+
+
+def test_checkpoint_is_an_atomically_written_safetensors_file(base_weights, tmp_path):
+    path = tmp_path / "tune.safetensors"
+    tuner = Tuner(video_unet_from(base_weights), toy_video(4), text_embeds(), TuneConfig(steps=4, checkpoint_every=2))
+    saves = []
+    tuner.run(callback=lambda r: saves.append(os.path.getmtime(path)) if r.step == 2 else None,
+              checkpoint_path=path, checkpoint_metadata={"frames": "4"})
+    assert saves  # the step-2 checkpoint existed before its callback ran
+    assert os.listdir(tmp_path) == ["tune.safetensors"]  # no temporary file left behind
+    with safe_open(str(path), framework="pt") as f:
+        keys = set(f.keys())
+        metadata = f.metadata()
+        rng = f.get_tensor("rng")
+    assert rng.dtype == torch.uint8
+    assert {k.partition(".")[0] for k in keys} == {"trainable", "optimizer", "rng"}
+    assert {"optimizer.0.exp_avg", "optimizer.0.exp_avg_sq"} <= keys
+    assert metadata["frames"] == "4"
+    checkpoint = tune.load_checkpoint(path)
+    assert checkpoint["step"] == 4 and checkpoint["metadata"] == {"frames": "4"}
+    assert checkpoint["optimizer"]["state"][0]["step"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("change, field", [({"seed": 34}, "seed"), ({"variant": "native"}, "variant"),
+                                           ({"lambda2": 0.0}, "lambda2")])
+def test_loading_a_checkpoint_of_other_settings_is_refused(base_weights, tmp_path, change, field):
+    path = tmp_path / "tune.safetensors"
+    tuner = Tuner(video_unet_from(base_weights), toy_video(4), text_embeds(), TuneConfig(steps=1))
+    tuner.run()
+    tune.save_checkpoint(tuner, path)
+    other = Tuner(video_unet_from(base_weights), toy_video(4), text_embeds(), TuneConfig(**change))
+    with pytest.raises(ValueError, match=rf"{field}: checkpoint .*TuneConfig\(\*\*"):
+        other.load_state_dict(tune.load_checkpoint(path))
+    assert other.steps_done == 0
+
+
+def test_loading_a_checkpoint_of_another_video_shape_is_refused(base_weights, tmp_path):
+    path = tmp_path / "tune.safetensors"
+    tune.save_checkpoint(Tuner(video_unet_from(base_weights), toy_video(4), text_embeds(), TuneConfig()), path)
+    other = Tuner(video_unet_from(base_weights), toy_video(5), text_embeds(), TuneConfig())
+    with pytest.raises(ValueError, match="same video, frames and resolution"):
+        other.load_state_dict(tune.load_checkpoint(path))
+
+
+def test_tuned_weights_round_trip_with_metadata(base_weights, tmp_path):
+    video_unet = video_unet_from(base_weights)
+    Tuner(video_unet, toy_video(4), text_embeds(), TuneConfig(steps=2, learning_rate=1e-3)).run()
+    path = tmp_path / "tuned.safetensors"
+    metadata = {"base_model_hash": "0123abcd", "frames": "4", "resolution": "64x64", "lambda2": "0.2", "steps": "2"}
+    tune.save_tuned_weights(video_unet, path, metadata)
+    assert os.listdir(tmp_path) == ["tuned.safetensors"]
+    state_dict, loaded_metadata = tune.load_tuned_weights(path)
+    assert loaded_metadata == metadata
+    expected = video_unet.trainable_state_dict()
+    assert state_dict.keys() == expected.keys()
+    assert all(torch.equal(state_dict[k], expected[k]) for k in expected)
+
+    fresh = video_unet_from(base_weights, temporal_seed=5)
+    fresh.load_trainable_state_dict(state_dict)
+    assert all(torch.equal(v, expected[k]) for k, v in fresh.trainable_state_dict().items())
+
+
+def test_files_of_the_other_kind_and_reserved_metadata_are_refused(base_weights, tmp_path):
+    video_unet = video_unet_from(base_weights)
+    weights, checkpoint = tmp_path / "tuned.safetensors", tmp_path / "ck.safetensors"
+    tune.save_tuned_weights(video_unet, weights)
+    tune.save_checkpoint(Tuner(video_unet, toy_video(4), text_embeds(), TuneConfig()), checkpoint)
+    with pytest.raises(ValueError, match="open it with load_tuned_weights"):
+        tune.load_checkpoint(weights)
+    with pytest.raises(ValueError, match="open it with load_checkpoint"):
+        tune.load_tuned_weights(checkpoint)
+    with pytest.raises(ValueError, match="reserved prefix"):
+        tune.save_tuned_weights(video_unet, weights, {"smoothvideo.format": "x"})
+    with pytest.raises(ValueError, match="strings to strings"):
+        tune.save_tuned_weights(video_unet, weights, {"frames": 4})
+
+
+def test_checkpoint_path_and_checkpoint_every_go_together(base_weights, tmp_path):
+    with pytest.raises(ValueError, match="give a checkpoint_path"):
+        Tuner(video_unet_from(base_weights), toy_video(4), text_embeds(), TuneConfig(checkpoint_every=5)).run()
+    with pytest.raises(ValueError, match="checkpoint_every is 0"):
+        Tuner(video_unet_from(base_weights), toy_video(4), text_embeds(), TuneConfig()).run(
+            checkpoint_path=tmp_path / "x.safetensors")
+
+
+# ---------------------------------------------------------------- bad inputs
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"steps": 0}, "steps must be an integer >= 1"),
+        ({"steps": 2.5}, "steps must be an integer"),
+        ({"learning_rate": 0.0}, "learning_rate must be a finite number > 0"),
+        ({"learning_rate": float("nan")}, "learning_rate must be a finite number > 0"),
+        ({"lambda1": 0.0}, "lambda1 must be a finite number > 0"),
+        ({"lambda2": -0.1}, "lambda2 .* must be a finite number >= 0"),
+        ({"lambda2": float("inf")}, "lambda2 .* must be a finite number >= 0"),
+        ({"variant": "smoothest"}, "unknown smooth loss variant 'smoothest'; choose one of cross_frame"),
+        ({"reduction": "l3"}, "unknown reduction 'l3'; choose one of l1, l2"),
+        ({"mixed_precision": "fp8"}, "unknown mixed_precision 'fp8'; choose one of auto, no, bf16, fp16"),
+        ({"max_grad_norm": 0.0}, "max_grad_norm must be a finite number > 0"),
+        ({"seed": -1}, r"seed must be an integer in \[0, 2\*\*64\)"),
+        ({"checkpoint_every": -1}, "checkpoint_every must be an integer >= 0"),
+        ({"adam_beta2": 1.0}, r"adam_beta2 must be in \[0, 1\)"),
+    ],
+)
+def test_bad_config_is_refused_with_the_fix(bad, message):
+    with pytest.raises(ValueError, match=message):
+        TuneConfig(**bad)
+
+
+def test_video_too_short_for_the_smooth_loss_is_refused(base_weights):
+    video_unet = video_unet_from(base_weights)
+    with pytest.raises(ValueError, match="needs at least 3 frames, but latents has 2: give the video more frames"):
+        Tuner(video_unet, toy_video(2), text_embeds(), TuneConfig(variant="cross_frame"))
+    Tuner(video_unet, toy_video(2), text_embeds(), TuneConfig(variant="native"))  # first difference: 2 suffice
+    with pytest.raises(ValueError, match="needs at least 2 frames"):
+        Tuner(video_unet, toy_video(1), text_embeds(), TuneConfig(variant="native"))
+
+
+def test_bad_inputs_are_refused(base_weights):
+    video_unet = video_unet_from(base_weights)
+    latents = toy_video(4)
+    with pytest.raises(ValueError, match="one prompt embedding per video"):
+        Tuner(video_unet, latents, text_embeds().expand(2, -1, -1), TuneConfig())
+    with pytest.raises(ValueError, match=r"text_embeds must have shape \(batch, tokens, dim\)"):
+        Tuner(video_unet, latents, text_embeds()[0], TuneConfig())
+    with pytest.raises(ValueError, match="latents contains NaN"):
+        Tuner(video_unet, latents * float("nan"), text_embeds(), TuneConfig())
+    with pytest.raises(ValueError, match="the UNet takes 4"):
+        Tuner(video_unet, latents[:, :, :3], text_embeds(), TuneConfig())
+    with pytest.raises(ValueError, match=r"latents must have shape \(batch, frames"):
+        Tuner(video_unet, latents[0], text_embeds(), TuneConfig())
+    video_unet.half()
+    with pytest.raises(ValueError, match="float32 master weights"):
+        Tuner(video_unet, latents, text_embeds(), TuneConfig())
+
+
+def test_resume_fields_are_config_fields():
+    names = {f for f in TuneConfig.__dataclass_fields__}
+    assert set(tune._RESUME_FIELDS) <= names
