@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -41,12 +42,16 @@ def weights_path(save_name: str, suffix: str) -> str:
     return os.path.join(folder, save_name + suffix)
 
 
-def base_metadata(model, latents: torch.Tensor) -> dict[str, str]:
-    """What tuned weights must match: the base UNet, the frame count and the latent size."""
+def base_metadata(model, latents: torch.Tensor, text: torch.Tensor) -> dict[str, str]:
+    """What tuned weights and checkpoints are tied to: the base UNet, the frame count, the
+    latent size, and (for resuming) the exact video latents and prompt embedding."""
+    content = hashlib.sha256(latents.float().cpu().numpy().tobytes())
+    content.update(text.float().cpu().numpy().tobytes())
     return {
         "base_unet": convert.unet_fingerprint(source_unet(model).state_dict()),
         "frames": str(latents.shape[1]),
         "latent_size": f"{latents.shape[-2]}x{latents.shape[-1]}",
+        "video_and_prompt": content.hexdigest()[:16],
     }
 
 
@@ -109,7 +114,7 @@ class OneShotTune(io.ComfyNode):
             raise ValueError(f"expected an image LATENT batch (frames, channels, height, width), got {tuple(samples.shape)}")
         latents = model.model.latent_format.process_in(samples.float()).unsqueeze(0)
         text = positive[0][0].float()
-        metadata = base_metadata(model, latents)
+        metadata = base_metadata(model, latents, text)
         metadata.update(lambda1=str(lambda1), lambda2=str(lambda2), variant=variant, steps=str(steps),
                         attention=adapter.attention)
 
