@@ -4,11 +4,12 @@ ComfyUI imports this folder as a custom-node package. The math lives in smooth_c
 (no ComfyUI import); nodes/ adapts it, one family of nodes per module, each listing NODES.
 """
 
-from .nodes import metrics, tuning, video_model
+from .nodes import metrics, sampler, tuning, video_model
 
 _NODES = [
     *metrics.NODES,
     *video_model.NODES,
+    *sampler.NODES,
     *tuning.NODES,
 ]
 _SCHEMAS = [node.define_schema() for node in _NODES]

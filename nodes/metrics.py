@@ -67,8 +67,6 @@ class VLScore(io.ComfyNode):
         )
 
     @classmethod
-
-    @classmethod
     def execute(cls, vae, images, k, chunk_size=16, clip_vision=None, clip=None, text="") -> io.NodeOutput:
         frames = images.shape[0]
         if frames < 2:

@@ -1,0 +1,114 @@
+"""Sampling nodes for training-free video editing: the Smooth Noise Sampler (Eq. 5) and a
+NOISE source that gives every frame the same seed noise (the paper's setting)."""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+import comfy.samplers
+
+from ..smooth_core.ksampling import sample_smooth_ddim
+from ..smooth_core.sample import SmoothNoise
+from .common import CATEGORY, NODE_PREFIX
+
+
+class SmoothNoiseSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=NODE_PREFIX + "SmoothNoiseSampler",
+            display_name="Smooth Noise Sampler",
+            category=CATEGORY,
+            description=(
+                "DDIM (eta 0) with SmoothVideo's training-free noise correction (Eq. 5): at each step the "
+                "guided noise prediction of every frame is pulled towards the next frame's, which smooths "
+                "per-frame edits (e.g. InstructPix2Pix on a video's frames). Frames are the LATENT batch of one "
+                "video. For SamplerCustom / SamplerCustomAdvanced with the ddim_uniform scheduler; with "
+                "lambda3 = 0 it is ComfyUI's ddim sampler. Epsilon-prediction SD1.x models."
+            ),
+            inputs=[
+                io.Float.Input(
+                    "lambda1", default=1000.0, min=1.0, max=1e6, step=10.0,
+                    tooltip="Divisor of C in Eq. 5 (paper: 1000): how much of the frames' latent difference "
+                    "the corrected noise keeps.",
+                ),
+                io.Float.Input(
+                    "lambda3", default=0.5, min=0.0, max=1.0, step=0.05,
+                    tooltip="Correction strength (paper: 0.5); 0 turns the correction off (plain DDIM), "
+                    "1 replaces each frame's noise difference to the next frame entirely.",
+                ),
+                io.Float.Input(
+                    "start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                    tooltip="First sampling step with the correction, as a fraction of the steps "
+                    "(0 = from the noisiest step).",
+                ),
+                io.Float.Input(
+                    "end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+                    tooltip="The correction stops at this fraction of the steps (1 = up to the last step).",
+                ),
+            ],
+            outputs=[
+                io.Sampler.Output(
+                    display_name="sampler",
+                    tooltip="A SAMPLER for SamplerCustom / SamplerCustomAdvanced (use the ddim_uniform scheduler).",
+                )
+            ],
+        )
+
+    @classmethod
+    def execute(cls, lambda1, lambda3, start_percent, end_percent) -> io.NodeOutput:
+        if not start_percent <= end_percent:
+            raise ValueError(
+                f"start_percent ({start_percent}) is after end_percent ({end_percent}): "
+                "the correction is active from start_percent up to end_percent of the steps"
+            )
+        smooth = SmoothNoise(lambda1=lambda1, lambda3=lambda3, start=start_percent, end=end_percent)
+        # inpaint_options as ComfyUI's own "ddim" sampler, so that masked sampling matches it too.
+        sampler = comfy.samplers.KSAMPLER(
+            sample_smooth_ddim, extra_options={"smooth": smooth}, inpaint_options={"random": True}
+        )
+        return io.NodeOutput(sampler)
+
+
+class SameNoise:
+    """A NOISE whose every latent of the batch is the same seeded draw of one frame."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def generate_noise(self, input_latent: dict) -> torch.Tensor:
+        samples = input_latent["samples"]
+        if samples.is_nested:
+            raise ValueError("Same Noise For All Frames needs a plain LATENT batch, not a nested (multi-part) latent")
+        generator = torch.Generator("cpu").manual_seed(self.seed)
+        frame = torch.randn((1, *samples.shape[1:]), dtype=samples.dtype, layout=samples.layout, generator=generator)
+        return frame.expand(samples.shape).clone()
+
+
+class SameNoiseForAllFrames(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=NODE_PREFIX + "SameNoiseForAllFrames",
+            display_name="Same Noise For All Frames",
+            category=CATEGORY,
+            description=(
+                "A NOISE for SamplerCustomAdvanced that gives every frame of the LATENT batch the same seeded "
+                "noise, as SmoothVideo (and Text2Video-Zero) do for training-free video editing."
+            ),
+            inputs=[
+                io.Int.Input(
+                    "noise_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                    tooltip="Seed of the one frame of noise that every frame starts from.",
+                ),
+            ],
+            outputs=[io.Noise.Output(display_name="noise", tooltip="The same noise for every frame, for SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def execute(cls, noise_seed) -> io.NodeOutput:
+        return io.NodeOutput(SameNoise(noise_seed))
+
+
+NODES = [SmoothNoiseSampler, SameNoiseForAllFrames]
