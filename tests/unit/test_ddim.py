@@ -10,6 +10,7 @@ import pytest
 import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 
+from references import ref_alphas_cumprod, ref_c, ref_eq5
 from smooth_core import correction, invert, sample
 
 SD15 = dict(
@@ -24,32 +25,14 @@ SD15 = dict(
 # ---------------------------------------------------------------- references (float64, loops)
 
 
-def ref_alphas_cumprod():
-    out, prod = [], 1.0
-    for i in range(1000):
-        beta = (math.sqrt(0.00085) + (math.sqrt(0.012) - math.sqrt(0.00085)) * i / 999) ** 2
-        prod *= 1.0 - beta
-        out.append(prod)
-    return out
 
 
 ACP = ref_alphas_cumprod()
 ACP_T = torch.tensor(ACP, dtype=torch.float64)
 
 
-def ref_c(a_t, a_prev):
-    return math.sqrt(a_t) / (math.sqrt(a_t) * math.sqrt(1 - a_prev) - math.sqrt(a_prev) * math.sqrt(1 - a_t))
 
 
-def ref_eq5(eps, x, c, lambda1, lambda3):
-    """Eq. 5 frame by frame, every pair from the uncorrected eps; the last frame unchanged."""
-    out = eps.clone()
-    for i in range(eps.shape[0]):
-        for n in range(eps.shape[1] - 1):
-            d_eps = eps[i, n] - eps[i, n + 1]
-            d_x = x[i, n] - x[i, n + 1]
-            out[i, n] = eps[i, n] - lambda3 * (d_eps - c / lambda1 * d_x)
-    return out
 
 
 def diffusers_scheduler(cls, num_steps):

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from references import ref_c
 from smooth_core import sample, schedule
 from smooth_core.ksampling import sample_smooth_ddim
 from smooth_core.sample import SmoothNoise
@@ -16,8 +17,6 @@ FRAMES, CHANNELS, SIDE = 5, 4, 3
 # ---------------------------------------------------------------- references (float64, loops)
 
 
-def ref_c(a_t, a_prev):
-    return math.sqrt(a_t) / (math.sqrt(a_t) * math.sqrt(1 - a_prev) - math.sqrt(a_prev) * math.sqrt(1 - a_t))
 
 
 def ref_euler(model, x, sigmas):

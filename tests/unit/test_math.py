@@ -7,22 +7,14 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from references import ref_alphas_cumprod, ref_c, ref_eq5
 from smooth_core import correction, losses, metrics, schedule
 
 # ---------------------------------------------------------------- references (float64, loops)
 
 
-def ref_alphas_cumprod():
-    out, prod = [], 1.0
-    for i in range(1000):
-        beta = (math.sqrt(0.00085) + (math.sqrt(0.012) - math.sqrt(0.00085)) * i / 999) ** 2
-        prod *= 1.0 - beta
-        out.append(prod)
-    return out
 
 
-def ref_c(a_t, a_prev):
-    return math.sqrt(a_t) / (math.sqrt(a_t) * math.sqrt(1 - a_prev) - math.sqrt(a_prev) * math.sqrt(1 - a_t))
 
 
 def ref_smooth_loss(eps, x, c, lambda1, variant, reduction):
@@ -45,15 +37,6 @@ def ref_smooth_loss(eps, x, c, lambda1, variant, reduction):
     return torch.stack(terms).mean()
 
 
-def ref_correct(eps, x, c, lambda1, lambda3):
-    out = eps.clone()
-    b, f = eps.shape[:2]
-    for i in range(b):
-        for n in range(f - 1):
-            de = eps[i, n] - eps[i, n + 1]
-            dx = x[i, n] - x[i, n + 1]
-            out[i, n] = eps[i, n] - lambda3 * (de - c[i].item() / lambda1 * dx)
-    return out
 
 
 def ref_vl(video, k):
@@ -213,7 +196,7 @@ def test_correct_noise_matches_per_frame_reference():
     x = torch.randn(2, 6, 4, 5, 5, generator=g, dtype=torch.float64)
     c = torch.tensor([-82.0, -165.0], dtype=torch.float64)
     got = correction.correct_noise(eps, x, c, lambda1=1000.0, lambda3=0.5)
-    assert torch.allclose(got, ref_correct(eps, x, c, 1000.0, 0.5), rtol=0, atol=1e-12)
+    assert torch.allclose(got, ref_eq5(eps, x, c, 1000.0, 0.5), rtol=0, atol=1e-12)
 
 
 @given(lambda3=st.floats(0, 2), seed=st.integers(0, 2**16))

@@ -9,6 +9,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors import safe_open
 
+from references import ref_alphas_cumprod
 from smooth_core import tune
 from smooth_core.inflate import inflate_unet
 from smooth_core.tune import NonFiniteLossError, TuneConfig, Tuner
@@ -88,11 +89,7 @@ def reference_step(video_unet, latents, context, config):
     noise = torch.randn(latents.shape, generator=generator)
     t = torch.randint(0, 1000, (b,), generator=generator)
 
-    alpha_bar, prod = [], 1.0
-    for i in range(1000):
-        beta = (math.sqrt(0.00085) + (math.sqrt(0.012) - math.sqrt(0.00085)) * i / 999) ** 2
-        prod *= 1.0 - beta
-        alpha_bar.append(prod)
+    alpha_bar = ref_alphas_cumprod()
     x_t = torch.empty_like(latents)
     c = []
     for i in range(b):

@@ -1,0 +1,32 @@
+"""Independent float64 references of the paper's formulas, written as plainly as possible
+(Python floats and explicit loops), shared by the unit tests."""
+
+import math
+
+
+def ref_alphas_cumprod() -> list[float]:
+    """SD1.x `scaled_linear` schedule: beta linear in sqrt from 0.00085 to 0.012, T = 1000."""
+    out, prod = [], 1.0
+    for i in range(1000):
+        beta = (math.sqrt(0.00085) + (math.sqrt(0.012) - math.sqrt(0.00085)) * i / 999) ** 2
+        prod *= 1.0 - beta
+        out.append(prod)
+    return out
+
+
+def ref_c(a_t: float, a_prev: float) -> float:
+    """C of Eq. 2."""
+    return math.sqrt(a_t) / (math.sqrt(a_t) * math.sqrt(1 - a_prev) - math.sqrt(a_prev) * math.sqrt(1 - a_t))
+
+
+def ref_eq5(eps, x, c, lambda1, lambda3):
+    """Eq. 5 frame by frame on (b, f, ...) tensors, every pair from the uncorrected eps, the
+    last frame unchanged; c is one float for all videos or one per video."""
+    out = eps.clone()
+    for i in range(eps.shape[0]):
+        c_i = float(c[i]) if hasattr(c, "__len__") else float(c)
+        for n in range(eps.shape[1] - 1):
+            d_eps = eps[i, n] - eps[i, n + 1]
+            d_x = x[i, n] - x[i, n + 1]
+            out[i, n] = eps[i, n] - lambda3 * (d_eps - c_i / lambda1 * d_x)
+    return out
