@@ -38,11 +38,15 @@ def tuned_weights(server, save_name):
 
 
 def assert_same_weights(first, second):
-    """Equal up to float summation order: multi-threaded CPU kernels (and GPU atomics) may add
-    in another order from run to run (bitwise equal with one thread: tests/unit/test_tune.py)."""
+    """Equal up to float summation order. Multi-threaded CPU kernels (and GPU atomics) add in
+    another order from run to run (bitwise equal with one thread: tests/unit/test_tune.py),
+    and AdamW's first steps, about lr * sign(gradient), can turn such a 1e-7 difference in a
+    near-zero gradient into a 1e-6 one in a weight: so compare each tensor as a whole.
+    (A different seed or setting gives relative differences of order 1.)"""
     assert first.keys() == second.keys()
     for key in first:
-        assert torch.allclose(first[key], second[key], rtol=1e-4, atol=1e-6), key
+        difference = (first[key] - second[key]).norm() / first[key].norm().clamp_min(1e-12)
+        assert difference < 1e-4, f"{key}: relative difference {difference:.2e}"
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +79,8 @@ def test_tune_a_video_baseline_runs_over_http(server, sample_video, smooth_run):
     # lambda2 = 0 trains on the MSE alone: the total is the MSE, and the weights differ from the smooth run's
     assert all(total == mse for total, mse, _ in node_output(entry, "10")["losses"])
     smooth_weights, baseline_weights = tuned_weights(server, smooth_run[1]), tuned_weights(server, name)
-    assert any(not torch.allclose(smooth_weights[k], baseline_weights[k]) for k in smooth_weights)
+    differences = [(smooth_weights[k] - baseline_weights[k]).norm() / smooth_weights[k].norm() for k in smooth_weights]
+    assert max(differences) > 1e-2
 
 
 def test_the_comparison_runs_both_arms_side_by_side(server, sample_video):
