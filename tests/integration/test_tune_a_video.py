@@ -9,7 +9,6 @@ import uuid
 
 import av
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from comfy_host import ComfyError, load_workflow, node_output
