@@ -138,6 +138,14 @@ class OneShotTune(io.ComfyNode):
         started = time.time()
         try:
             tuner.run(callback=after_step)
+        except torch.OutOfMemoryError as error:
+            del tuner
+            raise torch.OutOfMemoryError(
+                f"out of memory while tuning {latents.shape[1]} frames of {samples.shape[-1] * 8}x{samples.shape[-2] * 8} "
+                "px: turn on gradient_checkpointing, or use fewer frames or a lower resolution (Select Video Frames). "
+                f"Work up to the last checkpoint is kept in models/smoothvideo/{os.path.basename(checkpoint_path)}; "
+                "a re-run with the same settings resumes from it."
+            ) from error
         finally:
             tuned.video_unet.requires_grad_(False).eval()
             tuned.video_unet.to(comfy.model_management.unet_offload_device())
