@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from smooth_core.convert import diffusers_unet_to_ldm, ldm_unet_to_diffusers
+from smooth_core.convert import diffusers_unet_to_ldm, ldm_unet_to_diffusers, unet_fingerprint
 from smooth_core.inflate import inflate_unet
 
 PREFIX = "model.diffusion_model."
@@ -206,3 +206,13 @@ def test_export_refuses_what_sd1_cannot_hold():
         diffusers_unet_to_ldm(diffusers_unet(dict(TWO_LEVEL, norm_num_groups=8)))
     with pytest.raises(ValueError, match="attn_temp"):
         diffusers_unet_to_ldm(inflate_unet(diffusers_unet(TWO_LEVEL)).unet)
+
+
+def test_fingerprint_tells_base_models_apart_and_ignores_the_prefix(one_level_ldm):
+    same = unet_fingerprint({k: v.clone() for k, v in one_level_ldm.items()})
+    assert unet_fingerprint(one_level_ldm) == same
+    assert unet_fingerprint({"model.diffusion_model." + k: v for k, v in one_level_ldm.items()}) == same
+    changed = dict(one_level_ldm)
+    changed["time_embed.0.weight"] = changed["time_embed.0.weight"] + 1e-3
+    assert unet_fingerprint(changed) != same
+    assert unet_fingerprint(diffusers_unet_to_ldm(diffusers_unet(TWO_LEVEL))) != same
