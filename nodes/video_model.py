@@ -1,5 +1,5 @@
-"""Video UNet nodes: Inflate UNet, DDIM Invert Video, and the adapter that lets ComfyUI run
-the inflated diffusers UNet as a MODEL.
+"""Video UNet nodes: Inflate UNet, Cross-frame Attention (Text2Video-Zero), DDIM Invert Video,
+and the adapter that lets ComfyUI run the inflated diffusers UNet as a MODEL.
 
 The inflated UNet enters a cloned ModelPatcher as an object patch on "diffusion_model", so
 stock samplers (KSampler, SamplerCustom) use it, ComfyUI loads and offloads its weights,
@@ -29,12 +29,16 @@ class VideoUNetAdapter(torch.nn.Module):
 
     ComfyUI batches the frames of one video (and the cond/uncond copies of it) along the
     batch axis; the frame count is the batch divided by the number of cond/uncond chunks.
+    With `chunk_size`, longer videos run in chunks of that many frames led by frame 0
+    (`inflate.forward_in_chunks`, Text2Video-Zero); None runs every frame in one call.
     """
 
-    def __init__(self, video_unet: inflate.VideoUNet, attention: str, source_unet: torch.nn.Module):
+    def __init__(self, video_unet: inflate.VideoUNet, attention: str, source_unet: torch.nn.Module,
+                 chunk_size: int | None = None):
         super().__init__()
         self.video_unet = video_unet
         self.attention = attention
+        self.chunk_size = chunk_size
         # The 2D UNet it replaces, kept outside the module tree (it must not follow the adapter
         # to the GPU): clones share one BaseModel, which holds the adapter while one is loaded.
         self.source = [source_unet]
@@ -48,7 +52,10 @@ class VideoUNetAdapter(torch.nn.Module):
             raise ValueError("ControlNet is not supported on an inflated (video) UNet yet; remove the ControlNet")
         chunks = max(len(transformer_options.get("cond_or_uncond", [])), 1)
         frames = x.shape[0] // chunks
-        return self.video_unet.forward_frames(x, timesteps, context, frames)
+        if self.chunk_size is None:
+            return self.video_unet.forward_frames(x, timesteps, context, frames)
+        # For InstructPix2Pix, x already holds the source frames' latents (c_concat) as channels 4-7.
+        return inflate.forward_in_chunks(self.video_unet.forward_frames, (x, timesteps, context), frames, self.chunk_size)
 
 
 def video_adapter(model) -> VideoUNetAdapter | None:
@@ -101,19 +108,60 @@ class InflateUNet(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, attention) -> io.NodeOutput:
-        if video_adapter(model) is not None:
-            raise ValueError("this MODEL is already inflated; connect the Load Checkpoint MODEL instead")
-        require_sd1_eps(model)
-        unet_2d = source_unet(model)
-        # ComfyUI runs nodes in inference mode; tensors made there can never join autograd,
-        # and One-shot Tune trains this model.
-        with torch.inference_mode(False):
-            unet, _ = convert.ldm_unet_to_diffusers(unet_2d.state_dict())
-            video_unet = inflate.inflate_unet(unet, attention)
-        video_unet.requires_grad_(False).eval()
-        patched = model.clone()
-        patched.add_object_patch("diffusion_model", VideoUNetAdapter(video_unet, attention, unet_2d))
-        return io.NodeOutput(patched)
+        return io.NodeOutput(video_model(model, attention, temporal=True))
+
+
+def video_model(model, attention: str, temporal: bool, chunk_size: int | None = None):
+    """A clone of `model` whose diffusion_model is its UNet inflated (`inflate.inflate_unet`)."""
+    if video_adapter(model) is not None:
+        raise ValueError("this MODEL is already inflated; connect the Load Checkpoint MODEL instead")
+    require_sd1_eps(model)
+    unet_2d = source_unet(model)
+    # ComfyUI runs nodes in inference mode; tensors made there can never join autograd,
+    # and One-shot Tune trains the inflated model.
+    with torch.inference_mode(False):
+        unet, _ = convert.ldm_unet_to_diffusers(unet_2d.state_dict())
+        video_unet = inflate.inflate_unet(unet, attention, temporal=temporal)
+    video_unet.requires_grad_(False).eval()
+    patched = model.clone()
+    patched.add_object_patch("diffusion_model", VideoUNetAdapter(video_unet, attention, unet_2d, chunk_size))
+    return patched
+
+
+class CrossFrameAttention(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=NODE_PREFIX + "CrossFrameAttention",
+            display_name="Cross-frame Attention (Text2Video-Zero)",
+            category=CATEGORY,
+            description=(
+                "Training-free video model (Text2Video-Zero): every frame's self-attention looks at the video's "
+                "first frame, which keeps per-frame edits (e.g. InstructPix2Pix with InstructPixToPixConditioning "
+                "and DualCFGGuider) consistent. No new layers, nothing to tune. Frames are the LATENT batch; long "
+                "videos run in chunks led by frame 0, which saves memory without changing the result. "
+                "Works in stock samplers; the input MODEL is not changed."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="An SD1.5 or InstructPix2Pix MODEL from Load Checkpoint."),
+                io.Int.Input(
+                    "chunk_size", default=8, min=2, max=4096,
+                    tooltip="Frames per UNet call (Text2Video-Zero: 8): the first chunk is frames 0 to chunk_size-1, "
+                    "each later one frame 0 and the next chunk_size-1 frames. Lower it if sampling runs out of "
+                    "memory; the result stays the same.",
+                ),
+            ],
+            outputs=[
+                io.Model.Output(
+                    display_name="video_model",
+                    tooltip="The MODEL with cross-frame attention to frame 0; frames = LATENT batch.",
+                )
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, chunk_size) -> io.NodeOutput:
+        return io.NodeOutput(video_model(model, "cross_frame", temporal=False, chunk_size=chunk_size))
 
 
 def noise_predictor(model, context: torch.Tensor):
@@ -176,4 +224,4 @@ class DDIMInvertVideo(io.ComfyNode):
         noise = base.latent_format.process_out(noise_vp[0].cpu() * (1.0 + sigma**2) ** 0.5)
         return io.NodeOutput({"samples": noise.to(comfy.model_management.intermediate_device())})
 
-NODES = [InflateUNet, DDIMInvertVideo]
+NODES = [InflateUNet, CrossFrameAttention, DDIMInvertVideo]

@@ -10,7 +10,12 @@ make it a video model (Wu et al., "Tune-A-Video", ICCV 2023):
 - Temporal attention: every `BasicTransformerBlock` gets `attn_temp` + `norm_temp`, run by
   a forward hook on the block output (after its feed-forward) across the frames at each
   spatial position, `h + attn_temp(norm_temp(h))`. Its output projection starts at zero,
-  so a fresh inflation computes what the 2D model computes per frame.
+  so a fresh inflation computes what the 2D model computes per frame. Training-free use
+  (Text2Video-Zero) inflates with `temporal=False`: frame attention only, nothing to train.
+
+Long videos can run in chunks anchored on frame 0 (`forward_in_chunks`, Text2Video-Zero's
+memory saving); with cross-frame attention and no temporal layers that changes nothing but
+the memory.
 
 Everything goes through diffusers' public seams (attention processors, the `Attention`
 module, forward hooks); no diffusers code is copied or patched globally. One `FrameLayout`
@@ -20,6 +25,7 @@ object per inflated UNet tells the processors and hooks how many frames the batc
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +35,9 @@ from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
-__all__ = ["ATTENTION_MODES", "FrameAttnProcessor", "FrameLayout", "VideoUNet", "inflate_unet", "is_inflated"]
+__all__ = [
+    "ATTENTION_MODES", "FrameAttnProcessor", "FrameLayout", "VideoUNet", "forward_in_chunks", "inflate_unet", "is_inflated",
+]
 
 ATTENTION_MODES = ("sparse_causal", "cross_frame")
 TEMPORAL_INIT_SEED = 2023
@@ -126,17 +134,24 @@ class TemporalAttentionHook:
 
 
 def is_inflated(unet: nn.Module) -> bool:
-    """Whether `unet` already carries temporal attention (`attn_temp` on its transformer blocks)."""
-    return any(hasattr(block, "attn_temp") for block in _transformer_blocks(unet))
+    """Whether `unet` is already inflated: temporal attention (`attn_temp`) on its transformer
+    blocks, or frame attention on their `attn1` (an inflation with `temporal=False`)."""
+    return any(
+        hasattr(block, "attn_temp") or isinstance(block.attn1.processor, FrameAttnProcessor)
+        for block in _transformer_blocks(unet)
+    )
 
 
-def inflate_unet(unet: UNet2DConditionModel, attention: str = "sparse_causal") -> "VideoUNet":
+def inflate_unet(unet: UNet2DConditionModel, attention: str = "sparse_causal", temporal: bool = True) -> "VideoUNet":
     """Turn a 2D SD1.x UNet into a video UNet, in place, and wrap it.
 
     Args:
         unet: diffusers UNet; it is modified (new submodules, processors and hooks) and
             becomes `VideoUNet.unet`. New layers take the dtype and device of each block.
         attention: self-attention mode, one of `ATTENTION_MODES`.
+        temporal: add the temporal attention layers (Tune-A-Video, to be tuned). False gives
+            a training-free video UNet with frame attention only (Text2Video-Zero with
+            "cross_frame"): no new parameters, no hook, and no trainable set.
     """
     if is_inflated(unet):
         raise ValueError("UNet is already inflated; inflate a fresh 2D UNet")
@@ -144,6 +159,15 @@ def inflate_unet(unet: UNet2DConditionModel, attention: str = "sparse_causal") -
     if not blocks:
         raise ValueError("UNet has no transformer blocks to inflate")
     layout = FrameLayout()
+    if temporal:
+        _add_temporal_attention(blocks, layout)
+    video_unet = VideoUNet(unet, layout)
+    video_unet.set_attention_mode(attention)
+    return video_unet
+
+
+def _add_temporal_attention(blocks: list[BasicTransformerBlock], layout: FrameLayout) -> None:
+    """`attn_temp` + `norm_temp` on every block, run by a forward hook after the block."""
     for index, block in enumerate(blocks):
         attn1 = block.attn1
         dim = attn1.query_dim
@@ -161,9 +185,6 @@ def inflate_unet(unet: UNet2DConditionModel, attention: str = "sparse_causal") -
         nn.init.zeros_(block.attn_temp.to_out[0].weight)
         nn.init.zeros_(block.attn_temp.to_out[0].bias)
         block.register_forward_hook(TemporalAttentionHook(layout))
-    video_unet = VideoUNet(unet, layout)
-    video_unet.set_attention_mode(attention)
-    return video_unet
 
 
 class VideoUNet(nn.Module):
@@ -220,8 +241,23 @@ class VideoUNet(nn.Module):
         for block in _transformer_blocks(self.unet):
             block.attn1.set_processor(processor)
 
+    @property
+    def has_temporal(self) -> bool:
+        """Whether the temporal attention layers are there (False: inflated with `temporal=False`)."""
+        return any(hasattr(block, "attn_temp") for block in _transformer_blocks(self.unet))
+
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """Tune-A-Video's trainable set: `attn1.to_q`, `attn2.to_q`, `attn_temp`, `norm_temp`."""
+        """Tune-A-Video's trainable set: `attn1.to_q`, `attn2.to_q`, `attn_temp`, `norm_temp`.
+
+        A training-free inflation (`temporal=False`) has none: asking for it is an error, and
+        so are the methods built on it (mark_trainable, the trainable state dict, fork).
+        """
+        if not self.has_temporal:
+            raise ValueError(
+                "this video UNet has no temporal attention (inflated with temporal=False for training-free "
+                "use, e.g. Text2Video-Zero cross-frame attention), so it has nothing to tune: tune a model "
+                "inflated with temporal=True (the Inflate UNet node)"
+            )
         modules = [
             m
             for block in _transformer_blocks(self.unet)
@@ -266,6 +302,54 @@ class VideoUNet(nn.Module):
     def enable_gradient_checkpointing(self) -> None:
         """diffusers' checkpointing calls each block as a module, so the temporal hook is recomputed too."""
         self.unet.enable_gradient_checkpointing()
+
+
+def forward_in_chunks(
+    fn: Callable[..., torch.Tensor], per_frame: Sequence[torch.Tensor], num_frames: int, chunk_size: int
+) -> torch.Tensor:
+    """Runs `fn` on chunks of at most `chunk_size` frames of every video, each chunk led by frame 0.
+
+    Text2Video-Zero's way to fit long videos in memory: the first chunk is frames
+    [0, chunk_size); every later chunk is frame 0 followed by the next chunk_size - 1 frames,
+    so frame 0 is there for the frames to attend to, and its output from that chunk is
+    dropped. With cross-frame attention to frame 0 and nothing else mixing frames (no
+    temporal layers) the result equals one call on the whole video; otherwise it does not.
+
+    Args:
+        fn: `fn(*chunks, n) -> ((g n), ...)`, called with the tensors of `per_frame` cut to a
+            chunk of n frames per group, e.g. `VideoUNet.forward_frames`.
+        per_frame: tensors ((g f), ...) in one batch layout: g groups (videos, or ComfyUI's
+            cond/uncond copies of one video: InstructPix2Pix's dual CFG runs 3) of f
+            consecutive frames each, e.g. latents, timesteps and text contexts.
+        num_frames: f.
+        chunk_size: frames per call, at least 2 (frame 0 and one more).
+
+    Returns:
+        ((g f), ...): fn's output for every frame, in the input's order.
+    """
+    if chunk_size < 2:
+        raise ValueError(f"chunk_size must be at least 2 (frame 0 and one more frame per chunk), got {chunk_size}")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+    batch = per_frame[0].shape[0]
+    if any(t.shape[0] != batch for t in per_frame) or batch % num_frames:
+        sizes = [t.shape[0] for t in per_frame]
+        raise ValueError(f"per-frame tensors of batch sizes {sizes} are not whole groups of {num_frames} frames")
+    if num_frames <= chunk_size:
+        return fn(*per_frame, num_frames)
+    groups = batch // num_frames
+    device = per_frame[0].device
+    starts = [0, *range(chunk_size, num_frames, chunk_size - 1)]
+    pieces = []
+    for start, end in zip(starts, [*starts[1:], num_frames]):
+        anchored = start > 0
+        frames = torch.arange(start, end, device=device)
+        if anchored:
+            frames = torch.cat([frames.new_zeros(1), frames])
+        index = (torch.arange(groups, device=device)[:, None] * num_frames + frames).flatten()
+        out = fn(*(t.index_select(0, index.to(t.device)) for t in per_frame), len(frames))
+        pieces.append(out.unflatten(0, (groups, len(frames)))[:, int(anchored):])
+    return torch.cat(pieces, dim=1).flatten(0, 1)
 
 
 def _transformer_blocks(unet: nn.Module) -> list[BasicTransformerBlock]:

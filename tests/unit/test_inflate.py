@@ -10,7 +10,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from smooth_core.inflate import FrameAttnProcessor, FrameLayout, VideoUNet, inflate_unet, is_inflated
+from smooth_core.inflate import FrameAttnProcessor, FrameLayout, VideoUNet, forward_in_chunks, inflate_unet, is_inflated
 
 TINY = dict(
     sample_size=8,
@@ -342,3 +342,123 @@ def test_inflation_is_reproducible_whatever_the_global_rng():
     state = torch.random.get_rng_state()
     inflate_unet(tiny_unet())
     assert torch.equal(state, torch.random.get_rng_state()), "inflation must not consume the global RNG"
+
+
+# ---------------------------------------------------------------- training-free inflation (temporal=False)
+
+
+def test_training_free_inflation_adds_no_parameters_and_no_hook():
+    unet2d = tiny_unet()
+    video_unet = inflate_unet(copy.deepcopy(unet2d), attention="cross_frame", temporal=False)
+    assert set(video_unet.unet.state_dict()) == set(unet2d.state_dict())
+    blocks = [m for m in video_unet.unet.modules() if isinstance(m, BasicTransformerBlock)]
+    assert blocks and all(not block._forward_hooks for block in blocks)
+    assert all(isinstance(block.attn1.processor, FrameAttnProcessor) for block in blocks)
+    assert is_inflated(video_unet.unet) and not video_unet.has_temporal
+    assert inflate_unet(tiny_unet()).has_temporal
+
+
+def test_training_free_inflation_equals_a_fresh_temporal_one_on_a_random_video():
+    # A fresh temporal branch outputs zero, so frame attention is all that differs from 2D in both.
+    video, t, context = random_inputs()
+    with torch.no_grad():
+        without = inflate_unet(tiny_unet(), attention="cross_frame", temporal=False)(video, t, context)
+        with_temporal = inflate_unet(tiny_unet(), attention="cross_frame")(video, t, context)
+    torch.testing.assert_close(without, with_temporal, atol=1e-5, rtol=0)
+
+
+def test_training_free_inflation_equals_2d_per_frame_on_identical_frames():
+    unet2d = tiny_unet()
+    video_unet = inflate_unet(copy.deepcopy(unet2d), attention="cross_frame", temporal=False)
+    video, t, context = random_inputs()
+    video = video[:, :1].expand_as(video).contiguous()
+    with torch.no_grad():
+        torch.testing.assert_close(video_unet(video, t, context), per_frame_2d(unet2d, video, t, context),
+                                   atol=1e-5, rtol=0)
+
+
+def test_training_free_model_has_nothing_to_tune_and_says_so():
+    video_unet = inflate_unet(tiny_unet(), attention="cross_frame", temporal=False)
+    for call in (video_unet.trainable_parameters, video_unet.mark_trainable, video_unet.trainable_state_dict,
+                 video_unet.fork, lambda: video_unet.load_trainable_state_dict({})):
+        with pytest.raises(ValueError, match="no temporal attention .* nothing to tune: tune a model inflated with temporal=True"):
+            call()
+
+
+def test_training_free_inflation_cannot_be_inflated_again():
+    unet = tiny_unet()
+    inflate_unet(unet, attention="cross_frame", temporal=False)
+    with pytest.raises(ValueError, match="already inflated"):
+        inflate_unet(unet)
+
+
+# ---------------------------------------------------------------- chunks anchored on frame 0 (Text2Video-Zero)
+
+
+def cross_frame_toy(x, num_frames):
+    """A float64 stand-in for a cross-frame model: every frame mixed with its group's first frame."""
+    first = x.unflatten(0, (-1, num_frames))[:, :1]
+    return (x.unflatten(0, (-1, num_frames)) * 2.0 + first.sin()).flatten(0, 1)
+
+
+@pytest.mark.parametrize("frames, chunk_size, calls", [
+    (7, 3, [[0, 1, 2], [0, 3, 4], [0, 5, 6]]),
+    (6, 4, [[0, 1, 2, 3], [0, 4, 5]]),
+    (5, 2, [[0, 1], [0, 2], [0, 3], [0, 4]]),
+    (4, 8, [[0, 1, 2, 3]]),
+    (8, 8, [[0, 1, 2, 3, 4, 5, 6, 7]]),
+    (9, 8, [[0, 1, 2, 3, 4, 5, 6, 7], [0, 8]]),
+])
+def test_chunks_hold_at_most_chunk_size_frames_led_by_frame_zero(frames, chunk_size, calls):
+    groups = 3  # InstructPix2Pix's dual CFG: three copies of the video in one batch
+    frame_ids = torch.arange(frames, dtype=torch.float64).repeat(groups)  # ((g f),) frame number
+    group_ids = torch.arange(groups, dtype=torch.float64).repeat_interleave(frames)
+    x = torch.randn(groups * frames, 4, dtype=torch.float64)
+    seen = []
+
+    def fn(x_chunk, frame_chunk, group_chunk, n):
+        seen.append(frame_chunk.unflatten(0, (groups, n)))
+        assert torch.equal(group_chunk.unflatten(0, (groups, n)), torch.arange(groups, dtype=torch.float64)[:, None].expand(groups, n))
+        return cross_frame_toy(x_chunk, n)
+
+    out = forward_in_chunks(fn, (x, frame_ids, group_ids), frames, chunk_size)
+    assert [chunk[0].long().tolist() for chunk in seen] == calls
+    assert all(torch.equal(chunk[g], chunk[0]) for chunk in seen for g in range(groups))  # same frames in every group
+    torch.testing.assert_close(out, cross_frame_toy(x, frames), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("chunk_size", [2, 3, 5])
+def test_chunked_cross_frame_unet_equals_the_whole_video_at_once(chunk_size):
+    # Three groups of 6 frames with their own timestep and text, as ComfyUI batches dual CFG.
+    video_unet = inflate_unet(tiny_unet(), attention="cross_frame", temporal=False)
+    groups, frames = 3, 6
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(groups * frames, 4, 8, 8, generator=g)
+    t = torch.tensor([400.0, 400.0, 401.0]).repeat_interleave(frames)
+    context = torch.randn(groups, 5, 32, generator=g).repeat_interleave(frames, dim=0)
+    with torch.no_grad():
+        whole = video_unet.forward_frames(x, t, context, frames)
+        chunked = forward_in_chunks(video_unet.forward_frames, (x, t, context), frames, chunk_size)
+    assert chunked.shape == whole.shape
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
+
+
+def test_chunking_with_sparse_causal_attention_is_not_the_whole_video():
+    # Frame 3 attends to frame 2, which a chunk of [0, 3] lacks: chunking is for cross-frame attention.
+    video_unet = inflate_unet(tiny_unet(), attention="sparse_causal", temporal=False)
+    x, t, context = torch.randn(4, 4, 8, 8), torch.full((4,), 300.0), torch.randn(4, 5, 32)
+    with torch.no_grad():
+        whole = video_unet.forward_frames(x, t, context, 4)
+        chunked = forward_in_chunks(video_unet.forward_frames, (x, t, context), 4, 2)
+    torch.testing.assert_close(chunked[:2], whole[:2], atol=1e-5, rtol=0)
+    assert (chunked[2:] - whole[2:]).abs().max() > 1e-3
+
+
+def test_bad_chunking_is_refused():
+    x = torch.zeros(6, 2)
+    with pytest.raises(ValueError, match="chunk_size must be at least 2"):
+        forward_in_chunks(cross_frame_toy, (x,), 3, 1)
+    with pytest.raises(ValueError, match="not whole groups of 4 frames"):
+        forward_in_chunks(cross_frame_toy, (x,), 4, 2)
+    with pytest.raises(ValueError, match=r"batch sizes \[6, 5\]"):
+        forward_in_chunks(lambda a, b, n: a, (x, torch.zeros(5)), 3, 2)
