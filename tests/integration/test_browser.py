@@ -1,0 +1,241 @@
+"""The pack in a real browser: Debian's headless Chromium opens ComfyUI's frontend, loads every
+UI workflow the way a user does (templates menu, file drop), and runs one from the page.
+
+Driven by Playwright's Python package with the system Chromium (no browser download). The only
+skip: no /usr/bin/chromium, which scripts/setup_host.sh installs with apt-get when it can.
+A screenshot of each loaded graph is kept in docs/screenshots/ for the README.
+"""
+
+import io
+import json
+import pathlib
+
+import pytest
+from PIL import Image, PngImagePlugin
+from playwright.sync_api import sync_playwright
+
+from comfy_host import load_workflow
+from quick_settings import TINY
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+SCREENSHOTS = REPO / "docs" / "screenshots"
+CHROMIUM = pathlib.Path("/usr/bin/chromium")
+# Headless, and nothing but the page's own connections: this machine refuses all others.
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+PACK = "ComfyUI-SmoothVideo"
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def page(server, sample_video):
+    """The frontend, ready, in a 1280x720 page; the sample clip is in input/ before it loads."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"Debian's chromium is not installed ({CHROMIUM}): scripts/setup_host.sh installs it "
+                    "with apt-get (log in .host/chromium-install.log); without it the browser test cannot run")
+    errors = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            tab = browser.new_page(viewport={"width": 1280, "height": 720})
+            tab.on("pageerror", lambda error: errors.append(str(error)))
+            # The "Nodes 2.0" banner is dismissed per browser (localStorage); it would cover the menu.
+            tab.add_init_script("localStorage.setItem('vueNodesBannerDismissed', 'true')")
+            tab.goto(server.url)
+            tab.wait_for_function(
+                "!!(window.app?.graph && window.app.extensionManager?.workflow"
+                " && window.LiteGraph?.registered_node_types['SmoothVideo_VLScore'])",
+                timeout=60_000,
+            )
+            # A first start shows the templates browser; close it like a user would.
+            if tab.locator(".p-dialog").count():
+                tab.locator(".p-dialog button:has(i.pi-times)").click()
+            # Settings live in the host's user/ folder (.host/base/user), not in the browser.
+            tab.evaluate("""async () => {
+                const settings = window.app.extensionManager.setting;
+                await settings.set('Comfy.Workflow.ShowMissingNodesWarning', true);
+                // Cleaner screenshots: no minimap over the graph, no FPS counter.
+                await settings.set('Comfy.Minimap.Visible', false);
+                await settings.set('Comfy.Graph.CanvasInfo', false);
+            }""")
+            tab.page_errors = errors
+            yield tab
+        finally:
+            browser.close()
+
+
+def visible_problems(page) -> list[str]:
+    """Texts of the open dialogs (missing nodes, errors) and error toasts."""
+    return page.evaluate("""() => [...document.querySelectorAll('.p-dialog, .p-toast-message-error')]
+        .map((el) => el.innerText.trim().slice(0, 500))""")
+
+
+def drop_file(page, name: str, text: str) -> None:
+    """Drops a .json file on the canvas, as a user dragging it from their file manager."""
+    transfer = page.evaluate_handle(
+        "([name, text]) => { const dt = new DataTransfer();"
+        " dt.items.add(new File([text], name, {type: 'application/json'})); return dt; }",
+        [name, text],
+    )
+    page.dispatch_event("#graph-canvas", "drop", {"dataTransfer": transfer})
+
+
+def wait_until_open(page, name: str, node_count: int) -> None:
+    """Waits for the tab NAME (or "NAME (2)" when NAME is already open) holding node_count nodes."""
+    page.wait_for_function(
+        "([name, count]) => window.app.extensionManager.workflow.activeWorkflow?.filename"
+        ".replace(/ \\(\\d+\\)$/, '') === name && window.app.graph.nodes.length === count",
+        arg=[name, node_count],
+        timeout=15_000,
+    )
+
+
+def keep_screenshot(page, name: str, workflow_text: str) -> pathlib.Path:
+    """Fits the graph in view (the "." key) and saves docs/screenshots/NAME.png.
+
+    The PNG carries the workflow it shows (as loaded) in a "workflow" text chunk, as ComfyUI's
+    own PNGs do, so dropping it on ComfyUI opens that workflow; and the frontend version; a kept file is rewritten only when one of them changed, so test runs do
+    not churn the committed pictures with sub-pixel differences.
+    """
+    # Node sizes settle once video previews have their first frame (or failed: no such file in
+    # input/) and the canvas has drawn.
+    page.wait_for_function(
+        "window.app.graph.nodes.filter((n) => n.widgets?.some((w) => w.name === 'video-preview')).length"
+        " <= [...document.querySelectorAll('video')].filter((v) => v.readyState >= 2 || v.error).length",
+        timeout=10_000,
+    )
+    settle = "() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))"
+    page.evaluate(settle)
+    page.evaluate("window.app.extensionManager.command.execute('Comfy.Canvas.FitView')")
+    # The view glides to its new zoom: wait until it holds still.
+    page.wait_for_function(
+        "() => { const ds = window.app.canvas.ds, view = [ds.scale, ...ds.offset].join();"
+        " const still = view === window.lastView; window.lastView = view; return still; }",
+        polling=200,
+    )
+    page.mouse.move(640, 700)
+    page.evaluate(settle)
+    png = page.screenshot()
+
+    stamp = {"workflow": workflow_text, "comfyui-frontend": page.evaluate("window.__COMFYUI_FRONTEND_VERSION__")}
+    path = SCREENSHOTS / f"{name}.png"
+    if path.exists():
+        with Image.open(path) as kept:
+            if all(kept.text.get(key) == value for key, value in stamp.items()):
+                return path
+    info = PngImagePlugin.PngInfo()
+    for key, value in stamp.items():
+        info.add_text(key, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(io.BytesIO(png)) as picture:
+        picture.save(path, pnginfo=info, optimize=True)
+    return path
+
+
+def browser_prompt(page) -> dict:
+    """What the page would send to POST /prompt for the open graph."""
+    return page.evaluate("async () => (await window.app.graphToPrompt()).output")
+
+
+def test_the_pack_web_extension_is_loaded(page):
+    names = page.evaluate("window.app.extensions.map((e) => e.name)")
+    assert "SmoothVideo.ShowText" in names
+    assert not page.page_errors, page.page_errors
+
+
+def test_templates_menu_lists_every_workflow(page):
+    page.evaluate("window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    dialog = page.locator(".p-dialog")
+    dialog.get_by_text(PACK, exact=True).first.click()
+    cards = dialog.locator("[data-testid^='template-workflow-']")
+    cards.first.wait_for()
+    listed = {card.get_attribute("data-testid").removeprefix("template-workflow-") for card in cards.all()}
+    dialog.locator("button:has(i.pi-times)").click()
+    dialog.wait_for(state="detached")
+    assert listed == {path.stem for path in WORKFLOWS}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[path.stem for path in WORKFLOWS])
+def test_dropped_workflow_opens_with_every_node_and_widget(page, path):
+    workflow = json.loads(path.read_text())
+    types = sorted({node["type"] for node in workflow["nodes"]})
+    drop_file(page, path.name, path.read_text())
+    wait_until_open(page, path.stem, len(workflow["nodes"]))
+
+    registered = page.evaluate("Object.keys(window.LiteGraph.registered_node_types)")
+    assert set(types) <= set(registered), f"not registered in the page: {set(types) - set(registered)}"
+    assert page.evaluate("window.app.graph.nodes.filter((n) => n.has_errors).map((n) => n.type)") == []
+    assert visible_problems(page) == []
+    assert page.evaluate("window.app.graph.links.size") == len(workflow["links"])
+
+    # Every widget holds the value of the API twin: what the page would queue is that workflow.
+    api_twin = REPO / "workflows" / "api" / path.name
+    if api_twin.exists():
+        queued = browser_prompt(page)
+        for node_id, node in load_workflow(path.stem).items():
+            assert queued[node_id]["class_type"] == node["class_type"]
+            for name, value in node["inputs"].items():
+                assert queued[node_id]["inputs"].get(name) == value, f"node {node_id} ({node['class_type']}) input {name}"
+
+    assert keep_screenshot(page, path.stem, path.read_text()).stat().st_size < 300_000
+    assert not page.page_errors, page.page_errors
+
+
+def test_vl_score_queued_from_the_page_shows_its_score_on_the_node(page, server, sample_video):
+    # Open it from the templates menu, as a user new to the pack would.
+    page.evaluate("window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    dialog = page.locator(".p-dialog")
+    dialog.get_by_text(PACK, exact=True).first.click()
+    dialog.locator("[data-testid='template-workflow-vl_score']").click()
+    dialog.wait_for(state="detached")
+    wait_until_open(page, "vl_score", len(load_workflow("vl_score")))
+
+    # The small run: the test clip, 4 frames of 80 px.
+    settings = {"LoadVideo": {"file": sample_video[0]}, **TINY}
+    page.evaluate("""(settings) => {
+        for (const node of window.app.graph.nodes) {
+            for (const [name, value] of Object.entries(settings[node.type] ?? {})) {
+                const widget = node.widgets.find((w) => w.name === name);
+                if (widget.options.values && !widget.options.values.includes(value))
+                    throw new Error(`${value} is not a choice of ${node.type}.${name}`);
+                widget.value = value;
+            }
+        }
+    }""", settings)
+    with page.expect_response(lambda r: r.url.endswith("/api/prompt") and r.request.method == "POST") as response:
+        page.get_by_role("button", name="Run", exact=True).click()
+    assert response.value.ok, response.value.text()
+    prompt_id = response.value.json()["prompt_id"]
+    entry = server.wait(prompt_id, timeout=120)
+
+    score_node = next(node_id for node_id, node in load_workflow("vl_score").items()
+                      if node["class_type"] == "SmoothVideo_VLScore")
+    ui = entry["outputs"][score_node]
+    assert -1.0 <= ui["vl_score"][0] <= 1.0
+    assert ui["text"][0].startswith(f"VL score: {ui['vl_score'][0]:.4f} (4 frames, k=8)")
+    # web/smoothvideo.js shows the same text on the node.
+    page.wait_for_function(
+        "([id, text]) => window.app.graph.getNodeById(id).widgets"
+        ".find((w) => w.name === 'smoothvideo_result')?.value === text",
+        arg=[int(score_node), ui["text"][0]],
+        timeout=15_000,
+    )
+    assert visible_problems(page) == []
+    keep_screenshot(page, "vl_score_run", (REPO / "workflows" / "vl_score.json").read_text())
+    assert not page.page_errors, page.page_errors
+
+
+def test_a_workflow_with_an_unknown_node_shows_the_missing_nodes_dialog(page):
+    # The check above is only worth something if the page does report missing nodes.
+    workflow = json.loads((REPO / "workflows" / "vl_score.json").read_text())
+    workflow["nodes"][0]["type"] = "NoSuchNode_FromAnUninstalledPack"
+    drop_file(page, "unknown_node.json", json.dumps(workflow))
+    page.locator(".p-dialog").get_by_text("NoSuchNode_FromAnUninstalledPack").wait_for(timeout=15_000)
+    assert any("missing nodes" in text for text in visible_problems(page))
+    assert page.evaluate("window.app.graph.nodes.filter((n) => n.has_errors).map((n) => n.type)") == [
+        "NoSuchNode_FromAnUninstalledPack"
+    ]
+    page.keyboard.press("Escape")
