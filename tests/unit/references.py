@@ -1,5 +1,5 @@
-"""Independent float64 references of the paper's formulas, written as plainly as possible
-(Python floats and explicit loops), shared by the unit tests."""
+"""What the unit tests share: independent float64 references of the paper's formulas, written
+as plainly as possible (Python floats and explicit loops), and the tiny UNet configuration."""
 
 import math
 
@@ -30,3 +30,17 @@ def ref_eq5(eps, x, c, lambda1, lambda3):
             d_x = x[i, n] - x[i, n + 1]
             out[i, n] = eps[i, n] - lambda3 * (d_eps - c_i / lambda1 * d_x)
     return out
+
+
+# A two-level diffusers UNet small enough for CPU tests, with SD1's 8 attention heads.
+TINY_UNET = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=1,
+    block_out_channels=(32, 64),
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32,
+    attention_head_dim=8,
+)

@@ -10,26 +10,16 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
+from references import TINY_UNET
 from smooth_core.inflate import FrameAttnProcessor, FrameLayout, VideoUNet, forward_in_chunks, inflate_unet, is_inflated
 
-TINY = dict(
-    sample_size=8,
-    in_channels=4,
-    out_channels=4,
-    layers_per_block=1,
-    block_out_channels=(32, 64),
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=32,
-    attention_head_dim=8,
-)
 # Tune-A-Video's trainable set, by name (the code selects it by module).
 TRAINABLE_NAME = re.compile(r"\.(attn1\.to_q|attn2\.to_q|attn_temp\.[\w.]+|norm_temp)\.(weight|bias)$")
 
 
 def tiny_unet(seed=0):
     torch.manual_seed(seed)
-    return UNet2DConditionModel(**TINY).eval()
+    return UNet2DConditionModel(**TINY_UNET).eval()
 
 
 def perturb_temporal(video_unet, seed=1):

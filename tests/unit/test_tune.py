@@ -9,23 +9,12 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors import safe_open
 
-from references import ref_alphas_cumprod
+from references import TINY_UNET, ref_alphas_cumprod
 from smooth_core import tune
 from smooth_core.inflate import inflate_unet
 from smooth_core.tune import NonFiniteLossError, TuneConfig, Tuner
 
-TINY = dict(
-    sample_size=8,
-    in_channels=4,
-    out_channels=4,
-    layers_per_block=1,
-    block_out_channels=(32, 64),
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=32,
-    attention_head_dim=8,
-    norm_num_groups=8,
-)
+TINY = dict(TINY_UNET, norm_num_groups=8)
 
 
 @pytest.fixture(scope="module", autouse=True)
