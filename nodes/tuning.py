@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -55,12 +56,23 @@ def base_metadata(model, latents: torch.Tensor, text: torch.Tensor) -> dict[str,
     }
 
 
-def forked_adapter(adapter: VideoUNetAdapter) -> VideoUNetAdapter:
-    """A new adapter whose UNet shares the frozen weights and owns float32 trainables."""
-    with torch.inference_mode(False):  # trainable tensors must be usable by autograd
+def forked_adapter(adapter: VideoUNetAdapter, device: torch.device | None = None) -> VideoUNetAdapter:
+    """A new adapter whose UNet shares the frozen weights and owns float32 trainables, on
+    `device` (default: where it is), with every tensor usable by autograd.
+
+    ComfyUI runs nodes, and moves models between devices, in inference mode; tensors made
+    there (a fork's copies, or weights ComfyUI moved to the GPU for sampling) cannot be
+    saved for backward, so such tensors are replaced by normal copies here.
+    """
+    with torch.inference_mode(False):
         video_unet = adapter.video_unet.fork()
         for p in video_unet.trainable_parameters():
             p.data = p.data.float()
+        if device is not None:
+            video_unet.to(device)
+        for tensor in itertools.chain(video_unet.parameters(), video_unet.buffers()):
+            if tensor.is_inference():
+                tensor.data = tensor.data.clone()
     return VideoUNetAdapter(video_unet, adapter.attention, adapter.source[0])
 
 
@@ -119,9 +131,7 @@ class OneShotTune(io.ComfyNode):
                         attention=adapter.attention)
 
         comfy.model_management.unload_all_models()
-        device = comfy.model_management.get_torch_device()
-        tuned = forked_adapter(adapter)
-        tuned.video_unet.to(device)
+        tuned = forked_adapter(adapter, comfy.model_management.get_torch_device())
         tuner = tune.Tuner(tuned.video_unet, latents, text, config)
         with torch.inference_mode(False):  # loaded optimizer state is updated in place later
             history = resume_if_possible(tuner, checkpoint_path, metadata)
@@ -152,7 +162,7 @@ class OneShotTune(io.ComfyNode):
             comfy.model_management.soft_empty_cache()
         tune.save_tuned_weights(tuned.video_unet, final_path, metadata)
         seconds = time.time() - started
-        ran = steps - first_step
+        ran = max(steps - first_step, 0)
 
         curve = loss_curve_image({
             "total": [h[0] for h in history],
