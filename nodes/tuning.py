@@ -10,7 +10,7 @@ import re
 import time
 
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 import comfy.model_management
 import folder_paths
@@ -178,7 +178,9 @@ class OneShotTune(io.ComfyNode):
         )
         patched = model.clone()
         patched.add_object_patch("diffusion_model", tuned)
-        return io.NodeOutput(patched, curve, ui={"text": [summary], "losses": history})
+        # The loss curve shows on the node as a preview; the numbers are for HTTP clients (/history).
+        preview = ui.PreviewImage(curve, cls=cls).as_dict()
+        return io.NodeOutput(patched, curve, ui={**preview, "text": [summary], "losses": history})
 
 
 def resume_if_possible(tuner: tune.Tuner, checkpoint_path: str, metadata: dict[str, str]) -> list[list]:

@@ -48,6 +48,8 @@ def main() -> None:
             if "vl_score" in ui:
                 scores[title] = {k: ui[k][0] for k in ("vl_score", "clip_frame", "clip_text") if ui[k][0] != -1.0}
             for item in ui.get("images", []):
+                if item["type"] != "output":  # node previews (temp) repeat what a Save node wrote
+                    continue
                 source = server.base / item["type"] / item["subfolder"] / item["filename"]
                 shutil.copy2(source, out / item["filename"])
                 written.append(out / item["filename"])

@@ -65,6 +65,8 @@ def check_tune_a_video_outputs(server, entry, save_name):
     assert any(".attn_temp." in key for key in weights) and all("conv" not in key for key in weights)
     loss_curve = node_output(entry, "19")["images"][0]
     assert (server.base / "output" / loss_curve["subfolder"] / loss_curve["filename"]).exists()
+    preview = node_output(entry, "10")["images"][0]  # the curve on the tuning node itself
+    assert preview["type"] == "temp" and (server.base / "temp" / preview["subfolder"] / preview["filename"]).exists()
 
 
 def test_tune_a_video_smooth_runs_over_http(server, smooth_run):
