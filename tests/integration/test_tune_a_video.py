@@ -148,3 +148,14 @@ def test_save_name_may_not_leave_the_models_folder(server, sample_video, save_na
     prompt = tiny_workflow("tune_a_video_smooth", sample_video[0], tune_a_video_smooth=save_name)
     with pytest.raises(ComfyError, match="must be a plain file name"):
         server.run(prompt)
+
+
+def test_loading_the_tuned_weights_gives_the_tuned_model(server, sample_video, smooth_run):
+    entry, name = smooth_run
+    prompt = tiny_workflow("tune_a_video_smooth", sample_video[0])
+    prompt["10"] = {"class_type": "SmoothVideo_LoadTunedVideoWeights", "inputs": {"model": ["9", 0], "weights": f"{name}.safetensors"}}
+    del prompt["19"]  # the loss curve exists only where the tuning ran
+    prompt["17"]["inputs"]["filename_prefix"] = f"smoothvideo/loaded_{uuid.uuid4().hex[:6]}"
+    loaded = server.run(prompt)
+    assert video_frames(server, loaded, "17") == 4
+    assert node_output(loaded, "18")["vl_score"][0] == pytest.approx(node_output(entry, "18")["vl_score"][0], abs=1e-5)
