@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# All GPU benchmarks in one `device` call (the device image has torch but not diffusers):
+#   here:   .host/venv/bin/pip download --no-deps diffusers==0.35.2 -d bench/wheels
+#   device: run(command="bash bench/run_gpu.sh", carry=["bench/wheels"])
+# Prints Markdown rows for bench/RESULTS.md (device name and date in each row).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+python -c "import diffusers" 2>/dev/null || pip install --no-deps --quiet bench/wheels/diffusers-*.whl
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python bench/bench_vl_score.py --device cuda
+for frames_size in "8 256" "24 512"; do
+  set -- $frames_size
+  python bench/bench_tune.py --model sd15 --device cuda --frames "$1" --size "$2"
+  python bench/bench_tune.py --model sd15 --device cuda --frames "$1" --size "$2" --gradient-checkpointing
+done
