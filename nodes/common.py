@@ -9,6 +9,22 @@ CATEGORY = "SmoothVideo"
 NODE_PREFIX = "SmoothVideo_"
 
 
+def single_prompt(conditioning, node: str, input_name: str):
+    """The one prompt embedding (1, tokens, dim) of a CONDITIONING: these nodes take one prompt per video."""
+    if len(conditioning) != 1:
+        raise ValueError(
+            f"{node}: {input_name} holds {len(conditioning)} conditionings (from Conditioning Combine?) but this "
+            "node takes one prompt: connect a single CLIP Text Encode"
+        )
+    embedding = conditioning[0][0]
+    if embedding.dim() != 3 or embedding.shape[0] != 1:
+        raise ValueError(
+            f"{node}: {input_name} must be one prompt embedding of shape (1, tokens, dim), got "
+            f"{tuple(embedding.shape)}: connect a single CLIP Text Encode"
+        )
+    return embedding
+
+
 class Progress:
     """A ComfyUI progress bar that also raises ComfyUI's interrupt between units of work."""
 

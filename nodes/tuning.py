@@ -16,7 +16,7 @@ import comfy.model_management
 import folder_paths
 
 from ..smooth_core import convert, losses, tune
-from .common import CATEGORY, NODE_PREFIX, Progress
+from .common import CATEGORY, NODE_PREFIX, Progress, single_prompt
 from .plot import loss_curve_image
 from .video_model import VideoUNetAdapter, source_unet, video_adapter
 
@@ -114,6 +114,9 @@ class OneShotTune(io.ComfyNode):
     def execute(cls, model, latent, positive, steps, learning_rate, lambda2, lambda1, variant, seed,
                 checkpoint_every, save_name, gradient_checkpointing) -> io.NodeOutput:
         adapter = require_video_model(model, "One-shot Tune")
+        samples = latent["samples"]
+        require_tunable_latent(model, samples, variant, lambda2)
+        text = single_prompt(positive, "One-shot Tune", "positive").float()
         final_path = weights_path(save_name, WEIGHTS_SUFFIX)
         checkpoint_path = weights_path(save_name, CHECKPOINT_SUFFIX)
         # Checkpoints are written by this node (they carry the loss history for the curve).
@@ -121,11 +124,7 @@ class OneShotTune(io.ComfyNode):
             steps=steps, learning_rate=learning_rate, lambda1=lambda1, lambda2=lambda2, variant=variant,
             seed=seed, gradient_checkpointing=gradient_checkpointing,
         )
-        samples = latent["samples"]
-        if samples.dim() != 4:
-            raise ValueError(f"expected an image LATENT batch (frames, channels, height, width), got {tuple(samples.shape)}")
         latents = model.model.latent_format.process_in(samples.float()).unsqueeze(0)
-        text = positive[0][0].float()
         metadata = base_metadata(model, latents, text)
         metadata.update(lambda1=str(lambda1), lambda2=str(lambda2), variant=variant, steps=str(steps),
                         attention=adapter.attention)
@@ -181,6 +180,31 @@ class OneShotTune(io.ComfyNode):
         # The loss curve shows on the node as a preview; the numbers are for HTTP clients (/history).
         preview = ui.PreviewImage(curve, cls=cls).as_dict()
         return io.NodeOutput(patched, curve, ui={**preview, "text": [summary], "losses": history})
+
+
+def require_tunable_latent(model, samples: torch.Tensor, variant: str, lambda2: float) -> None:
+    """The LATENT fits the model and has the frames the smooth loss needs: said before any model is loaded."""
+    if samples.dim() != 4:
+        raise ValueError(f"expected an image LATENT batch (frames, channels, height, width), got {tuple(samples.shape)}")
+    in_channels = model.model.model_config.unet_config.get("in_channels")
+    if in_channels != 4:
+        raise ValueError(
+            f"One-shot Tune tunes text-to-image SD1.5 models, but this MODEL's UNet takes {in_channels} input "
+            "channels (an InstructPix2Pix model?): inflate and tune an SD1.5 checkpoint instead"
+        )
+    if samples.shape[1] != in_channels:
+        raise ValueError(
+            f"the LATENT has {samples.shape[1]} channels but the model takes {in_channels}: "
+            "VAE Encode the frames with this checkpoint's VAE"
+        )
+    frames, needed = samples.shape[0], losses.min_frames(variant) if lambda2 > 0 else 1
+    if frames < needed:
+        fewer = [v for v in losses.VARIANTS if losses.min_frames(v) <= frames]
+        raise ValueError(
+            f"One-shot Tune: the {variant} smooth loss needs at least {needed} frames, but the LATENT has {frames}: "
+            "select more frames (Select Video Frames count)"
+            + (f", or choose the {' or '.join(fewer)} variant ({frames} frames are enough)" if fewer else "")
+        )
 
 
 def resume_if_possible(tuner: tune.Tuner, checkpoint_path: str, metadata: dict[str, str]) -> list[list]:

@@ -18,7 +18,7 @@ import comfy.model_management
 import folder_paths
 
 from ..smooth_core import convert, inflate, invert, sample
-from .common import CATEGORY, NODE_PREFIX, Progress
+from .common import CATEGORY, NODE_PREFIX, Progress, single_prompt
 
 # Tuned weights and tuning checkpoints: ComfyUI/models/smoothvideo/
 folder_paths.add_model_folder_path("smoothvideo", os.path.join(folder_paths.models_dir, "smoothvideo"))
@@ -211,7 +211,7 @@ class DDIMInvertVideo(io.ComfyNode):
         samples = latent["samples"]
         if samples.dim() != 4:
             raise ValueError(f"expected an image LATENT batch (frames, channels, height, width), got {tuple(samples.shape)}")
-        context = conditioning[0][0]
+        context = single_prompt(conditioning, "DDIM Invert Video", "conditioning")
         base = model.model
         x0 = base.latent_format.process_in(samples.float()).unsqueeze(0)
         progress = Progress(steps)

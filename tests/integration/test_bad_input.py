@@ -1,0 +1,154 @@
+"""Bad input over HTTP: each prompt fails with a message that names the fix, the server keeps
+answering, and a good prompt runs after all of them (the last test of this file).
+
+Graphs are cut down to the nodes up to the one that must refuse, with the TINY settings.
+"""
+
+import uuid
+
+import pytest
+
+from comfy_host import ComfyError, load_workflow, node_output
+from quick_settings import TINY, quick
+
+pytestmark = pytest.mark.integration
+IP2P = "smoothvideo_tiny_ip2p.safetensors"
+
+
+def assert_server_alive(server):
+    assert server.get("/system_stats")["system"]["comfyui_version"] == "0.3.75"
+
+
+def history_error(server, prompt, match):
+    """Runs `prompt`, expects it to fail with `match`, and checks /history carries that message."""
+    prompt_id = server.queue(prompt)
+    with pytest.raises(ComfyError, match=match):
+        server.wait(prompt_id, timeout=300)
+    entry = server.get(f"/history/{prompt_id}")[prompt_id]
+    assert entry["status"]["status_str"] == "error"
+    messages = [data for kind, data in entry["status"]["messages"] if kind == "execution_error"]
+    assert messages, entry["status"]
+    assert_server_alive(server)
+    return messages[0]
+
+
+def tune_graph(video: str, **tune_inputs) -> dict:
+    """LoadVideo .. One-shot Tune of tune_a_video_smooth (nodes 1-10), TINY settings, one step."""
+    full = quick(load_workflow("tune_a_video_smooth"), TINY)
+    prompt = {node_id: full[node_id] for node_id in map(str, range(1, 11))}
+    prompt["1"]["inputs"]["file"] = video
+    prompt["10"]["inputs"].update(steps=1, checkpoint_every=0, save_name=f"bad_input_{uuid.uuid4().hex[:6]}")
+    prompt["10"]["inputs"].update(tune_inputs)
+    return prompt
+
+
+def save_latent(samples) -> dict:
+    return {"class_type": "SaveLatent", "inputs": {"samples": samples, "filename_prefix": f"test/{uuid.uuid4().hex[:8]}"}}
+
+
+def invert_graph(video: str) -> dict:
+    """LoadVideo .. DDIM Invert Video on the inflated (untuned) model -> SaveLatent."""
+    prompt = tune_graph(video)
+    del prompt["10"]
+    prompt["11"] = {
+        "class_type": "SmoothVideo_DDIMInvertVideo",
+        "inputs": {"model": ["9", 0], "latent": ["5", 0], "conditioning": ["8", 0], "steps": 2},
+    }
+    prompt["12"] = save_latent(["11", 0])
+    return prompt
+
+
+# ---------------------------------------------------------------- 1. empty or unreadable video
+# ComfyUI's LoadVideo opens the file lazily; Get Video Components (stock ComfyUI) is the first
+# node to read it and fails with PyAV's message, before any SmoothVideo node sees the frames.
+@pytest.mark.parametrize("content", [b"", b"this is not a video\n"], ids=["zero_bytes", "text_file"])
+def test_an_empty_or_unreadable_video_fails_at_get_video_components(server, content):
+    name = f"bad_{uuid.uuid4().hex[:6]}.mp4"
+    (server.base / "input" / name).write_bytes(content)
+    prompt = load_workflow("vl_score")
+    prompt["1"]["inputs"]["file"] = name
+    error = history_error(server, prompt, f"Invalid data found when processing input: .*{name}")
+    assert error["node_type"] == "GetVideoComponents"
+
+
+# ---------------------------------------------------------------- 2. One-shot Tune
+def test_tuning_two_frames_with_cross_frame_names_the_native_variant(server, sample_video):
+    prompt = tune_graph(sample_video[0])
+    prompt["3"]["inputs"]["count"] = 2
+    error = history_error(server, prompt, "cross_frame smooth loss needs at least 3 frames.*native")
+    assert error["node_type"] == "SmoothVideo_OneShotTune"
+
+
+def test_tuning_an_instructpix2pix_model_says_to_tune_sd15(server, sample_video):
+    prompt = tune_graph(sample_video[0])
+    prompt["4"]["inputs"]["ckpt_name"] = IP2P
+    history_error(server, prompt, "takes 8 input channels.*tune an SD1.5 checkpoint")
+
+
+def test_tuning_with_combined_conditionings_asks_for_one_prompt(server, sample_video):
+    prompt = tune_graph(sample_video[0])
+    prompt["20"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["6", 0], "conditioning_2": ["7", 0]}}
+    prompt["10"]["inputs"]["positive"] = ["20", 0]
+    history_error(server, prompt, "positive holds 2 conditionings.*connect a single CLIP Text Encode")
+
+
+def test_zero_tuning_steps_are_refused_by_comfyui_validation(server, sample_video):
+    # ComfyUI checks the input's min (1) when the prompt is queued: POST /prompt answers 400.
+    with pytest.raises(ComfyError, match=r"400.*Value 0 smaller than min of 1"):
+        server.queue(tune_graph(sample_video[0], steps=0))
+    assert_server_alive(server)
+
+
+# ---------------------------------------------------------------- 3. DDIM Invert Video
+def test_inverting_a_single_frame_works(server, sample_video):
+    prompt = invert_graph(sample_video[0])
+    prompt["3"]["inputs"]["count"] = 1
+    entry = server.run(prompt)
+    assert node_output(entry, "12")["latents"]
+
+
+def test_inverting_with_combined_conditionings_asks_for_one_prompt(server, sample_video):
+    prompt = invert_graph(sample_video[0])
+    prompt["20"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["6", 0], "conditioning_2": ["8", 0]}}
+    prompt["11"]["inputs"]["conditioning"] = ["20", 0]
+    history_error(server, prompt, "conditioning holds 2 conditionings.*connect a single CLIP Text Encode")
+
+
+# ---------------------------------------------------------------- 4. Smooth Noise Sampler
+# (one frame with lambda3 > 0: tests/integration/test_smooth_sampler.py)
+def test_start_percent_after_end_percent_is_refused(server):
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "smoothvideo_tiny_sd15.safetensors"}},
+        "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 3}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red ball", "clip": ["1", 1]}},
+        "4": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "ddim_uniform", "steps": 2, "denoise": 1.0}},
+        "5": {"class_type": "SmoothVideo_SmoothNoiseSampler",
+              "inputs": {"lambda1": 1000.0, "lambda3": 0.5, "start_percent": 0.8, "end_percent": 0.2}},
+        "6": {"class_type": "SamplerCustom", "inputs": {
+            "model": ["1", 0], "add_noise": True, "noise_seed": 1, "cfg": 3.0, "positive": ["3", 0],
+            "negative": ["3", 0], "sampler": ["5", 0], "sigmas": ["4", 0], "latent_image": ["2", 0]}},
+        "7": save_latent(["6", 0]),
+    }
+    history_error(server, prompt, r"start_percent \(0.8\) is after end_percent \(0.2\)")
+
+
+# ---------------------------------------------------------------- 5. Load Tuned Video Weights
+def test_weights_tuned_from_another_base_model_are_refused(server, sample_video):
+    prompt = tune_graph(sample_video[0])
+    save_name = prompt["10"]["inputs"]["save_name"]
+    server.run(prompt)
+    other = invert_graph(sample_video[0])
+    other["4"]["inputs"]["ckpt_name"] = IP2P
+    other["10"] = {"class_type": "SmoothVideo_LoadTunedVideoWeights",
+                   "inputs": {"model": ["9", 0], "weights": f"{save_name}.safetensors"}}
+    other["11"]["inputs"]["model"] = ["10", 0]
+    error = history_error(server, other, "tuned from another base model.*load the checkpoint it was tuned from")
+    assert error["node_type"] == "SmoothVideo_LoadTunedVideoWeights"
+
+
+# ---------------------------------------------------------------- after all of them
+def test_a_good_prompt_runs_after_the_bad_ones(server, sample_video):
+    prompt = quick(load_workflow("vl_score"), TINY)
+    prompt["1"]["inputs"]["file"] = sample_video[0]
+    score = node_output(server.run(prompt), "5")["vl_score"][0]
+    assert -1.0 <= score <= 1.0
