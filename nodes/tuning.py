@@ -114,6 +114,11 @@ class OneShotTune(io.ComfyNode):
     def execute(cls, model, latent, positive, steps, learning_rate, lambda2, lambda1, variant, seed,
                 checkpoint_every, save_name, gradient_checkpointing) -> io.NodeOutput:
         adapter = require_video_model(model, "One-shot Tune")
+        if not adapter.video_unet.has_temporal:
+            raise ValueError(
+                "One-shot Tune: this video MODEL comes from Cross-frame Attention (training-free, no temporal "
+                "layers), so it has nothing to tune: tune a MODEL from Inflate UNet"
+            )
         samples = latent["samples"]
         require_tunable_latent(model, samples, variant, lambda2)
         text = single_prompt(positive, "One-shot Tune", "positive").float()
