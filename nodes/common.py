@@ -9,6 +9,17 @@ CATEGORY = "SmoothVideo"
 NODE_PREFIX = "SmoothVideo_"
 
 
+def video_frames_latent(latent: dict, node: str):
+    """The LATENT's samples as one video, (frames, channels, height, width): frames are the batch."""
+    samples = latent["samples"]
+    if samples.is_nested or samples.dim() != 4:
+        raise ValueError(
+            f"{node}: expected an image LATENT batch (frames, channels, height, width), got "
+            f"{'a nested latent' if samples.is_nested else tuple(samples.shape)}: VAE Encode the video's frames"
+        )
+    return samples
+
+
 def single_prompt(conditioning, node: str, input_name: str):
     """The one prompt embedding (1, tokens, dim) of a CONDITIONING: these nodes take one prompt per video."""
     if len(conditioning) != 1:

@@ -16,7 +16,7 @@ import comfy.model_management
 import folder_paths
 
 from ..smooth_core import convert, losses, tune
-from .common import CATEGORY, NODE_PREFIX, Progress, single_prompt
+from .common import CATEGORY, NODE_PREFIX, Progress, single_prompt, video_frames_latent
 from .plot import loss_curve_image
 from .video_model import VideoUNetAdapter, source_unet, video_adapter
 
@@ -119,7 +119,7 @@ class OneShotTune(io.ComfyNode):
                 "One-shot Tune: this video MODEL comes from Cross-frame Attention (training-free, no temporal "
                 "layers), so it has nothing to tune: tune a MODEL from Inflate UNet"
             )
-        samples = latent["samples"]
+        samples = video_frames_latent(latent, "One-shot Tune")
         require_tunable_latent(model, samples, variant, lambda2)
         text = single_prompt(positive, "One-shot Tune", "positive").float()
         final_path = weights_path(save_name, WEIGHTS_SUFFIX)
@@ -189,8 +189,6 @@ class OneShotTune(io.ComfyNode):
 
 def require_tunable_latent(model, samples: torch.Tensor, variant: str, lambda2: float) -> None:
     """The LATENT fits the model and has the frames the smooth loss needs: said before any model is loaded."""
-    if samples.dim() != 4:
-        raise ValueError(f"expected an image LATENT batch (frames, channels, height, width), got {tuple(samples.shape)}")
     in_channels = model.model.model_config.unet_config.get("in_channels")
     if in_channels != 4:
         raise ValueError(

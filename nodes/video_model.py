@@ -18,7 +18,7 @@ import comfy.model_management
 import folder_paths
 
 from ..smooth_core import convert, inflate, invert, sample
-from .common import CATEGORY, NODE_PREFIX, Progress, single_prompt
+from .common import CATEGORY, NODE_PREFIX, Progress, single_prompt, video_frames_latent
 
 # Tuned weights and tuning checkpoints: ComfyUI/models/smoothvideo/
 folder_paths.add_model_folder_path("smoothvideo", os.path.join(folder_paths.models_dir, "smoothvideo"))
@@ -208,9 +208,7 @@ class DDIMInvertVideo(io.ComfyNode):
     @classmethod
     def execute(cls, model, latent, conditioning, steps) -> io.NodeOutput:
         require_sd1_eps(model)
-        samples = latent["samples"]
-        if samples.dim() != 4:
-            raise ValueError(f"expected an image LATENT batch (frames, channels, height, width), got {tuple(samples.shape)}")
+        samples = video_frames_latent(latent, "DDIM Invert Video")
         context = single_prompt(conditioning, "DDIM Invert Video", "conditioning")
         base = model.model
         x0 = base.latent_format.process_in(samples.float()).unsqueeze(0)
