@@ -6,11 +6,33 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
+import comfy.model_sampling
 import comfy.samplers
 
+from ..smooth_core import memory
 from ..smooth_core.ksampling import sample_smooth_ddim
 from ..smooth_core.sample import SmoothNoise
 from .common import CATEGORY, NODE_PREFIX
+from .video_model import prediction_name, schedule_name
+
+
+def smooth_ddim_in_comfy(model, x, sigmas, *args, smooth: SmoothNoise | None = None, **kwargs):
+    """`sample_smooth_ddim` as a KSAMPLER function: refuses flow models, explains running out of memory."""
+    sampling = model.inner_model.inner_model.model_sampling
+    if not isinstance(sampling, comfy.model_sampling.EPS):
+        raise ValueError(
+            f"the Smooth Noise Sampler works on noise-prediction diffusion models (SD1.x, InstructPix2Pix), "
+            f"but this MODEL samples as a flow model ({prediction_name(sampling)} on {schedule_name(sampling)}): "
+            "remove the ModelSampling node "
+            "or use a stock sampler"
+        )
+    frames, size = x.shape[0], f"{x.shape[-1] * 8}x{x.shape[-2] * 8} px"
+    advice = (
+        "use fewer frames or a lower resolution (Select Video Frames); with Cross-frame Attention, "
+        "a lower chunk_size runs fewer frames per UNet call"
+    )
+    with memory.released_on_error(), memory.explain_out_of_memory(f"sampling {frames} frames of {size}", advice):
+        return sample_smooth_ddim(model, x, sigmas, *args, smooth=smooth, **kwargs)
 
 
 class SmoothNoiseSampler(io.ComfyNode):
@@ -66,7 +88,7 @@ class SmoothNoiseSampler(io.ComfyNode):
         smooth = SmoothNoise(lambda1=lambda1, lambda3=lambda3, start=start_percent, end=end_percent)
         # inpaint_options as ComfyUI's own "ddim" sampler, so that masked sampling matches it too.
         sampler = comfy.samplers.KSAMPLER(
-            sample_smooth_ddim, extra_options={"smooth": smooth}, inpaint_options={"random": True}
+            smooth_ddim_in_comfy, extra_options={"smooth": smooth}, inpaint_options={"random": True}
         )
         return io.NodeOutput(sampler)
 

@@ -15,10 +15,10 @@ from comfy_api.latest import io, ui
 import comfy.model_management
 import folder_paths
 
-from ..smooth_core import convert, losses, tune
+from ..smooth_core import convert, losses, memory, tune
 from .common import CATEGORY, NODE_PREFIX, Progress, single_prompt, video_frames_latent
 from .plot import loss_curve_image
-from .video_model import VideoUNetAdapter, source_unet, video_adapter
+from .video_model import VideoUNetAdapter, require_sd1_eps, source_unet, video_adapter
 
 WEIGHTS_SUFFIX = ".safetensors"
 CHECKPOINT_SUFFIX = ".checkpoint.safetensors"
@@ -114,6 +114,7 @@ class OneShotTune(io.ComfyNode):
     def execute(cls, model, latent, positive, steps, learning_rate, lambda2, lambda1, variant, seed,
                 checkpoint_every, save_name, gradient_checkpointing) -> io.NodeOutput:
         adapter = require_video_model(model, "One-shot Tune")
+        require_sd1_eps(model)
         if not adapter.video_unet.has_temporal:
             raise ValueError(
                 "One-shot Tune: this video MODEL comes from Cross-frame Attention (training-free, no temporal "
@@ -149,20 +150,26 @@ class OneShotTune(io.ComfyNode):
                 tune.save_checkpoint(tuner, checkpoint_path, {**metadata, "history": json.dumps(history)})
             progress.step()
 
+        size = f"{samples.shape[-1] * 8}x{samples.shape[-2] * 8} px"
+        advice = (
+            "turn on gradient_checkpointing, or use fewer frames or a lower resolution (Select Video Frames). "
+            f"Work up to the last checkpoint is kept in models/smoothvideo/{os.path.basename(checkpoint_path)}; "
+            "a re-run with the same settings resumes from it."
+        )
         started = time.time()
+        finished = False
         try:
-            tuner.run(callback=after_step)
-        except torch.OutOfMemoryError as error:
-            del tuner
-            raise torch.OutOfMemoryError(
-                f"out of memory while tuning {latents.shape[1]} frames of {samples.shape[-1] * 8}x{samples.shape[-2] * 8} "
-                "px: turn on gradient_checkpointing, or use fewer frames or a lower resolution (Select Video Frames). "
-                f"Work up to the last checkpoint is kept in models/smoothvideo/{os.path.basename(checkpoint_path)}; "
-                "a re-run with the same settings resumes from it."
-            ) from error
+            with memory.released_on_error(), memory.explain_out_of_memory(f"tuning {latents.shape[1]} frames of {size}", advice):
+                tuner.run(callback=after_step)
+            finished = True
         finally:
-            tuned.video_unet.requires_grad_(False).eval()
-            tuned.video_unet.to(comfy.model_management.unet_offload_device())
+            if finished:
+                tuned.video_unet.requires_grad_(False).eval()
+                tuned.video_unet.to(comfy.model_management.unet_offload_device())
+            else:
+                # Failed or interrupted: nothing of the run stays in memory, its checkpoint stays on disk.
+                del tuner, tuned
+            memory.free_unused_memory()
             comfy.model_management.soft_empty_cache()
         tune.save_tuned_weights(tuned.video_unet, final_path, metadata)
         seconds = time.time() - started

@@ -13,11 +13,11 @@ import os
 import torch
 from comfy_api.latest import io
 
-import comfy.model_base
+import comfy.model_sampling
 import comfy.model_management
 import folder_paths
 
-from ..smooth_core import convert, inflate, invert, sample
+from ..smooth_core import convert, inflate, invert, memory, sample
 from .common import CATEGORY, NODE_PREFIX, Progress, single_prompt, video_frames_latent
 
 # Tuned weights and tuning checkpoints: ComfyUI/models/smoothvideo/
@@ -70,17 +70,49 @@ def source_unet(model) -> torch.nn.Module:
     return unet.source[0] if isinstance(unet, VideoUNetAdapter) else unet
 
 
+def prediction_name(sampling) -> str:
+    """What a MODEL's sampling object predicts: the class that defines its calculate_denoised
+    (ComfyUI's EPS, V_PREDICTION, CONST, X0, ...; LCM from ModelSamplingDiscrete)."""
+    for cls in type(sampling).__mro__:
+        if "calculate_denoised" in vars(cls):
+            return cls.__name__
+    return type(sampling).__name__
+
+
+def schedule_name(sampling) -> str:
+    """The noise schedule of a MODEL's sampling object: ComfyUI's class for it
+    (ModelSamplingDiscrete, ModelSamplingDiscreteFlow, ...)."""
+    for cls in type(sampling).__mro__:
+        if cls.__module__ == comfy.model_sampling.__name__ and issubclass(cls, torch.nn.Module):
+            return cls.__name__
+    return type(sampling).__name__
+
+
 def require_sd1_eps(model) -> None:
-    """Only epsilon-prediction SD1.x UNets are supported: say so before any heavy work."""
+    """Only epsilon-prediction SD1.x UNets are supported: say so before any heavy work.
+
+    The prediction type is read from the MODEL's effective sampling object, so a stock
+    ModelSamplingDiscrete (v_prediction, lcm, x0) or ModelSamplingSD3 (flow) node in front
+    counts too, not only what the checkpoint was detected as.
+    """
     base = model.model
     name = type(base.model_config).__name__
-    if base.model_type != comfy.model_base.ModelType.EPS:
+    sampling = model.get_model_object("model_sampling")
+    epsilon = type(sampling).calculate_denoised is comfy.model_sampling.EPS.calculate_denoised
+    if not epsilon or not isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete):
+        kind = prediction_name(sampling)
+        if not isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete):
+            kind += f" on {schedule_name(sampling)}"
         raise ValueError(
-            f"{name} is a {base.model_type.name} model; SmoothVideo supports epsilon-prediction "
-            "SD1.x models (SD1.5, InstructPix2Pix) only"
+            f"this MODEL ({name}) samples as {kind}; SmoothVideo's tuning and DDIM inversion need "
+            "epsilon prediction on the discrete SD1.x schedule (SD1.5, InstructPix2Pix): remove the "
+            "ModelSampling node (or use such a checkpoint)"
         )
     if base.model_config.unet_config.get("context_dim") != 768 or not hasattr(source_unet(model), "input_blocks"):
-        raise ValueError(f"{name} is not an SD1.x UNet; SmoothVideo supports SD1.5 and InstructPix2Pix checkpoints")
+        raise ValueError(
+            f"{name} is not an SD1.x UNet (SDXL, SD2 and flow models are not supported yet): "
+            "use an SD1.5 or InstructPix2Pix checkpoint"
+        )
 
 
 class InflateUNet(io.ComfyNode):
@@ -213,9 +245,15 @@ class DDIMInvertVideo(io.ComfyNode):
         base = model.model
         x0 = base.latent_format.process_in(samples.float()).unsqueeze(0)
         progress = Progress(steps)
-        noise_vp = invert.ddim_invert(
-            noise_predictor(model, context), x0, num_steps=steps, callback=lambda i, n, x: progress.step()
+        frames, size = samples.shape[0], f"{samples.shape[-1] * 8}x{samples.shape[-2] * 8} px"
+        advice = (
+            "inversion runs every frame through the UNet at once: use fewer frames or a lower resolution "
+            "(Select Video Frames)"
         )
+        with memory.released_on_error(), memory.explain_out_of_memory(f"inverting {frames} frames of {size}", advice):
+            noise_vp = invert.ddim_invert(
+                noise_predictor(model, context), x0, num_steps=steps, callback=lambda i, n, x: progress.step()
+            )
         first_t = int(sample.ddim_timesteps(steps)[0])
         sigma = base.model_sampling.sigma(torch.tensor([float(first_t)])).item()
         # ComfyUI's samplers start from x = x_vp * sqrt(1 + sigma^2) in "process_in" latent space.
