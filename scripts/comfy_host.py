@@ -36,7 +36,9 @@ def free_port() -> int:
 class ComfyServer:
     """A ComfyUI server on a free loopback port, stopped (by its own PID) on exit."""
 
-    def __init__(self, host_dir: pathlib.Path = HOST, log_path: pathlib.Path | None = None):
+    def __init__(self, host_dir: pathlib.Path = HOST, log_path: pathlib.Path | None = None,
+                 extra_custom_nodes: tuple[pathlib.Path, ...] = ()):
+        """`extra_custom_nodes`: more folders of custom nodes for this server only (the tests' probe)."""
         self.host_dir = pathlib.Path(host_dir)
         self.python = self.host_dir / "venv" / "bin" / "python"
         self.comfy = self.host_dir / "ComfyUI"
@@ -50,6 +52,7 @@ class ComfyServer:
         self.log_path = log_path or self.host_dir / f"comfyui-{self.port}.log"
         self.process: subprocess.Popen | None = None
         self.client_id = uuid.uuid4().hex
+        self.extra_custom_nodes = tuple(pathlib.Path(p).resolve() for p in extra_custom_nodes)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 120.0) -> "ComfyServer":
@@ -60,6 +63,12 @@ class ComfyServer:
             "--disable-api-nodes", "--base-directory", str(self.base), "--disable-auto-launch",
             "--database-url", f"sqlite:///{self.base / 'user' / 'comfyui.db'}",
         ]
+        if self.extra_custom_nodes:
+            # ComfyUI's extra_model_paths.yaml format also takes custom_nodes folders.
+            config = self.host_dir / f"extra-paths-{self.port}.yaml"
+            config.write_text("smoothvideo_extra:\n  custom_nodes: |\n"
+                              + "".join(f"    {folder}\n" for folder in self.extra_custom_nodes))
+            args += ["--extra-model-paths-config", str(config)]
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(args, cwd=self.comfy, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.time() + timeout

@@ -8,6 +8,10 @@ channels and 768-wide context, ~26M parameters), `first_stage_model.*` (the stan
 VAE, which ComfyUI builds at a fixed size) and `cond_stage_model.transformer.*` (CLIP-L
 text encoder, fixed size). Weights are float16 from a seeded generator per tensor.
 
+One more file is a UNet alone in SD2's layout (1024-wide context, linear projections in
+the transformers), for models/diffusion_models: ComfyUI's Load Diffusion Model detects it as
+SD2, which the tests use to check that the pack refuses non-SD1.x models clearly.
+
 A file is rewritten only when its spec or this script changed (a hash kept in the
 safetensors metadata). Run with ComfyUI importable: `--comfy DIR` (setup_host.sh does this).
 """
@@ -43,18 +47,25 @@ CHECKPOINTS = {
     "smoothvideo_tiny_sd15.safetensors": 4,
     "smoothvideo_tiny_ip2p.safetensors": 8,
 }
+# name -> UNet settings that differ from TINY_UNET; UNet-only files for models/diffusion_models
+UNET_ONLY = {
+    "smoothvideo_tiny_sd2_unet.safetensors": {"context_dim": 1024, "use_linear_in_transformer": True},
+}
 SEED = 20240101
 
 
-def spec_hash(in_channels: int) -> str:
+def spec_hash(in_channels: int, unet_only: dict | None = None) -> str:
     spec = {"unet": TINY_UNET, "in_channels": in_channels, "vae": SD_VAE, "seed": SEED}
+    if unet_only is not None:
+        spec = {"unet": {**TINY_UNET, **unet_only}, "seed": SEED}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
     digest.update(pathlib.Path(__file__).read_bytes())
     return digest.hexdigest()[:16]
 
 
-def layout(comfy_dir: pathlib.Path, in_channels: int) -> dict:
-    """Key -> shape of the three sub-models, taken from ComfyUI's own classes built on 'meta'."""
+def layout(comfy_dir: pathlib.Path, in_channels: int, unet_only: dict | None = None) -> dict:
+    """Key -> shape of the three sub-models (or, with `unet_only`, of that UNet alone, keys
+    unprefixed), taken from ComfyUI's own classes built on 'meta'."""
     sys.path.insert(0, str(comfy_dir))
     from comfy.cli_args import args
 
@@ -66,6 +77,9 @@ def layout(comfy_dir: pathlib.Path, in_channels: int) -> dict:
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     ops = comfy.ops.disable_weight_init
+    if unet_only is not None:
+        unet = UNetModel(in_channels=in_channels, device="meta", operations=ops, **{**TINY_UNET, **unet_only})
+        return {key: tuple(tensor.shape) for key, tensor in unet.state_dict().items()}
     unet = UNetModel(in_channels=in_channels, device="meta", operations=ops, **TINY_UNET)
     with torch.device("meta"):
         vae = AutoencoderKL(ddconfig=SD_VAE, embed_dim=4)
@@ -100,16 +114,16 @@ def init_tensor(name: str, shape: tuple):
     return (torch.randn(shape, generator=generator) / fan_in**0.5).to(torch.float16)
 
 
-def write_checkpoint(comfy_dir: pathlib.Path, path: pathlib.Path, in_channels: int) -> bool:
+def write_checkpoint(comfy_dir: pathlib.Path, path: pathlib.Path, in_channels: int, unet_only: dict | None = None) -> bool:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    wanted = spec_hash(in_channels)
+    wanted = spec_hash(in_channels, unet_only)
     if path.exists():
         with safe_open(str(path), "pt") as f:
             if (f.metadata() or {}).get("smoothvideo_spec_hash") == wanted:
                 return False
-    tensors = {name: init_tensor(name, shape) for name, shape in layout(comfy_dir, in_channels).items()}
+    tensors = {name: init_tensor(name, shape) for name, shape in layout(comfy_dir, in_channels, unet_only).items()}
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata={"smoothvideo_spec_hash": wanted, "note": "random weights, for tests"})
     tmp.replace(path)
@@ -120,11 +134,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--comfy", type=pathlib.Path, required=True, help="the ComfyUI folder")
     parser.add_argument("--out", type=pathlib.Path, required=True, help="models/checkpoints folder")
+    parser.add_argument("--unet-out", type=pathlib.Path, help="models/diffusion_models folder (UNet-only files)")
     options = parser.parse_args()
-    options.out.mkdir(parents=True, exist_ok=True)
-    for name, in_channels in CHECKPOINTS.items():
-        path = options.out / name
-        written = write_checkpoint(options.comfy.resolve(), path, in_channels)
+    files = [(options.out / name, in_channels, None) for name, in_channels in CHECKPOINTS.items()]
+    if options.unet_out:
+        files += [(options.unet_out / name, 4, spec) for name, spec in UNET_ONLY.items()]
+    for path, in_channels, unet_only in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        written = write_checkpoint(options.comfy.resolve(), path, in_channels, unet_only)
         print(f"make_tiny_checkpoints: {path} {'written' if written else 'up to date'}")
 
 

@@ -5,6 +5,7 @@
 #   .host/base      ComfyUI's --base-directory: models/, input/, output/, user/, custom_nodes/
 #                   custom_nodes/ComfyUI-SmoothVideo is a symlink to this repository
 #   .host/base/models/checkpoints  tiny random-weight SD1.5 / InstructPix2Pix checkpoints
+#   .host/base/models/diffusion_models  a tiny SD2-layout UNet (to test that non-SD1.x models are refused)
 #   /usr/bin/chromium  Debian's chromium, for the browser test (apt-get; skipped with a message if that fails)
 # Only the package indexes are used: no git clone, no model or browser download.
 # SMOOTHVIDEO_HOST=DIR puts the host elsewhere; PYTHON=python3.11 picks the interpreter.
@@ -85,7 +86,8 @@ mkdir -p "$base/models/checkpoints" "$base/models/vae" "$base/models/clip_vision
   "$base/models/smoothvideo" "$base/input" "$base/output" "$base/user" "$base/custom_nodes"
 ln -sfn "$repo" "$base/custom_nodes/$pack_name"
 
-"$venv/bin/python" "$repo/scripts/make_tiny_checkpoints.py" --comfy "$comfy" --out "$base/models/checkpoints"
+"$venv/bin/python" "$repo/scripts/make_tiny_checkpoints.py" --comfy "$comfy" --out "$base/models/checkpoints" \
+  --unet-out "$base/models/diffusion_models"
 
 version=$("$venv/bin/python" -c "import sys; sys.path.insert(0, '$comfy'); import comfyui_version; print(comfyui_version.__version__)")
 echo "setup_host: ComfyUI $version ready in $host ($(du -sh "$host" | cut -f1), $(( $(date +%s) - start )) s)"

@@ -12,10 +12,14 @@ from comfy_host import ComfyServer  # noqa: E402
 from make_sample_video import render_frames, write_video  # noqa: E402
 
 
+PROBE_NODES = pathlib.Path(__file__).resolve().parent / "probe_nodes"
+
+
 @pytest.fixture(scope="session")
 def server():
     # No skip: without a host the integration tests must fail, naming the set-up step.
-    with ComfyServer() as running:
+    # probe_nodes/ adds a test-only node that counts live objects inside the server.
+    with ComfyServer(extra_custom_nodes=(PROBE_NODES,)) as running:
         yield running
 
 

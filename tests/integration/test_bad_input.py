@@ -146,6 +146,65 @@ def test_weights_tuned_from_another_base_model_are_refused(server, sample_video)
     assert error["node_type"] == "SmoothVideo_LoadTunedVideoWeights"
 
 
+# ---------------------------------------------------------------- 6. models that are not epsilon SD1.x
+# Stock ModelSampling nodes change what a MODEL predicts; the pack reads the effective sampling.
+MODEL_SAMPLING = {
+    "v_prediction": {"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "v_prediction", "zsnr": False}},
+    "lcm": {"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "lcm", "zsnr": False}},
+    "flow": {"class_type": "ModelSamplingSD3", "inputs": {"shift": 3.0}},
+}
+SAMPLES_AS = {"v_prediction": "V_PREDICTION", "lcm": "LCM", "flow": "CONST"}
+
+
+@pytest.mark.parametrize("kind", MODEL_SAMPLING)
+def test_inflating_a_model_that_is_not_epsilon_prediction_is_refused(server, sample_video, kind):
+    prompt = invert_graph(sample_video[0])
+    prompt["20"] = {**MODEL_SAMPLING[kind], "inputs": {**MODEL_SAMPLING[kind]["inputs"], "model": ["4", 0]}}
+    prompt["9"]["inputs"]["model"] = ["20", 0]
+    error = history_error(server, prompt, f"samples as {SAMPLES_AS[kind]}.*need epsilon prediction.*remove the ModelSampling node")
+    assert error["node_type"] == "SmoothVideo_InflateUNet"
+
+
+def test_v_prediction_set_after_inflating_is_refused_by_tuning_and_inversion(server, sample_video):
+    sampling = {**MODEL_SAMPLING["v_prediction"], "inputs": {**MODEL_SAMPLING["v_prediction"]["inputs"], "model": ["9", 0]}}
+    tune = tune_graph(sample_video[0])
+    tune["20"] = sampling
+    tune["10"]["inputs"]["model"] = ["20", 0]
+    assert history_error(server, tune, "samples as V_PREDICTION")["node_type"] == "SmoothVideo_OneShotTune"
+    invert = invert_graph(sample_video[0])
+    invert["20"] = sampling
+    invert["11"]["inputs"]["model"] = ["20", 0]
+    assert history_error(server, invert, "samples as V_PREDICTION")["node_type"] == "SmoothVideo_DDIMInvertVideo"
+
+
+def test_an_sd2_unet_is_refused_by_inflate_unet(server, sample_video):
+    # A tiny SD2-layout UNet (1024-wide context) that ComfyUI's Load Diffusion Model detects as SD2.
+    prompt = invert_graph(sample_video[0])
+    prompt["20"] = {"class_type": "UNETLoader",
+                    "inputs": {"unet_name": "smoothvideo_tiny_sd2_unet.safetensors", "weight_dtype": "default"}}
+    prompt["9"]["inputs"]["model"] = ["20", 0]
+    error = history_error(server, prompt, "SD20 is not an SD1.x UNet.*use an SD1.5 or InstructPix2Pix checkpoint")
+    assert error["node_type"] == "SmoothVideo_InflateUNet"
+
+
+def test_the_smooth_noise_sampler_refuses_a_flow_model(server):
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "smoothvideo_tiny_sd15.safetensors"}},
+        "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 3}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red ball", "clip": ["1", 1]}},
+        "4": {"class_type": "BasicScheduler", "inputs": {"model": ["8", 0], "scheduler": "simple", "steps": 2, "denoise": 1.0}},
+        "5": {"class_type": "SmoothVideo_SmoothNoiseSampler",
+              "inputs": {"lambda1": 1000.0, "lambda3": 0.5, "start_percent": 0.0, "end_percent": 1.0}},
+        "6": {"class_type": "SamplerCustom", "inputs": {
+            "model": ["8", 0], "add_noise": True, "noise_seed": 1, "cfg": 3.0, "positive": ["3", 0],
+            "negative": ["3", 0], "sampler": ["5", 0], "sigmas": ["4", 0], "latent_image": ["2", 0]}},
+        "7": save_latent(["6", 0]),
+        "8": {**MODEL_SAMPLING["flow"], "inputs": {**MODEL_SAMPLING["flow"]["inputs"], "model": ["1", 0]}},
+    }
+    error = history_error(server, prompt, r"samples as a flow model \(.*\): remove the ModelSampling node")
+    assert error["node_type"] == "SamplerCustom"
+
+
 # ---------------------------------------------------------------- after all of them
 def test_a_good_prompt_runs_after_the_bad_ones(server, sample_video):
     prompt = quick(load_workflow("vl_score"), TINY)

@@ -1,0 +1,54 @@
+"""A test-only custom node that looks inside the server process: after a full garbage
+collection it counts the live objects of SmoothVideo's tuning (tuners, optimizers, video
+UNets and their adapters).
+
+Loaded only by the integration tests' server (an extra custom_nodes path passed with
+--extra-model-paths-config), never by a user's ComfyUI.
+"""
+
+import gc
+
+import torch
+
+WATCHED = {
+    "Tuner": "smooth_core.tune",
+    "VideoUNet": "smooth_core.inflate",
+    "VideoUNetAdapter": "nodes.video_model",
+}
+
+
+def live_objects() -> dict:
+    gc.collect()
+    counts = {name: 0 for name in WATCHED}
+    counts["Optimizer"] = 0
+    for obj in gc.get_objects():
+        cls = type(obj)
+        module = vars(cls).get("__module__")
+        if cls.__name__ in WATCHED and isinstance(module, str) and WATCHED[cls.__name__] in module:
+            counts[cls.__name__] += 1
+        elif isinstance(obj, torch.optim.Optimizer):
+            counts["Optimizer"] += 1
+    return counts
+
+
+class LiveObjects:
+    CATEGORY = "testing"
+    FUNCTION = "probe"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ()
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        # "after": any output, only to order the probe after that node in the same prompt.
+        return {"required": {}, "optional": {"after": ("*",)}}
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return float("nan")  # never cached: every run looks again
+
+    def probe(self, after=None):
+        return {"ui": {"live": [live_objects()]}}
+
+
+NODE_CLASS_MAPPINGS = {"SmoothVideoTest_LiveObjects": LiveObjects}
+
