@@ -3,17 +3,22 @@ UI workflow the way a user does (templates menu, file drop), and runs one from t
 
 Driven by Playwright's Python package with the system Chromium (no browser download). The only
 skip: no /usr/bin/chromium, which scripts/setup_host.sh installs with apt-get when it can.
-A screenshot of each loaded graph is kept in docs/screenshots/ for the README.
+A screenshot of each loaded graph is kept in docs/screenshots/ for the README (SCREEN-sized, at a
+zoom where the canvas draws text), and a small JPEG of it next to the workflow, workflows/NAME.jpg,
+as the thumbnail of the templates menu.
 """
 
+import hashlib
 import io
 import json
 import pathlib
+import urllib.parse
 
 import pytest
 from PIL import Image, PngImagePlugin
 from playwright.sync_api import sync_playwright
 
+from build_ui_workflows import FREE, SCREEN
 from comfy_host import load_workflow
 from quick_settings import TINY
 
@@ -27,12 +32,14 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 PACK = "ComfyUI-SmoothVideo"
+FREE_AT = (70, 100)  # the top left corner of FREE: right of the sidebar, below the tabs and the Run bar
+THUMBNAIL_WIDTH = 400
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def page(server, sample_video):
-    """The frontend, ready, in a 1280x720 page; the sample clip is in input/ before it loads."""
+    """The frontend, ready, in a SCREEN-sized page; the sample clip is in input/ before it loads."""
     if not CHROMIUM.exists():
         pytest.skip(f"Debian's chromium is not installed ({CHROMIUM}): scripts/setup_host.sh installs it "
                     "with apt-get (log in .host/chromium-install.log); without it the browser test cannot run")
@@ -40,7 +47,7 @@ def page(server, sample_video):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            tab = browser.new_page(viewport={"width": 1280, "height": 720})
+            tab = browser.new_page(viewport={"width": SCREEN[0], "height": SCREEN[1]})
             tab.on("pageerror", lambda error: errors.append(str(error)))
             # The "Nodes 2.0" banner is dismissed per browser (localStorage); it would cover the menu.
             tab.add_init_script("localStorage.setItem('vueNodesBannerDismissed', 'true')")
@@ -93,12 +100,38 @@ def wait_until_open(page, name: str, node_count: int) -> None:
     )
 
 
-def keep_screenshot(page, name: str, workflow_text: str) -> pathlib.Path:
-    """Fits the graph in view (the "." key) and saves docs/screenshots/NAME.png.
+def fit_graph(page) -> dict:
+    """Zooms and centres the graph in the part of the page the menus leave free (as the "." key
+    does, without its wide margin), at most at 100 %. Returns the zoom and the graph's rectangle
+    on the page."""
+    return page.evaluate("""([left, top, width, height]) => {
+        const canvas = window.app.canvas, ds = canvas.ds;
+        const box = [Infinity, Infinity, -Infinity, -Infinity];
+        for (const node of window.app.graph.nodes) {
+            const [x, y, w, h] = node.boundingRect;
+            box[0] = Math.min(box[0], x - 10); box[1] = Math.min(box[1], y - 10);
+            box[2] = Math.max(box[2], x + w + 10); box[3] = Math.max(box[3], y + h + 10);
+        }
+        const [w, h] = [box[2] - box[0], box[3] - box[1]];
+        ds.changeScale(Math.min(width / w, height / h, 1), [0, 0]);
+        const zoom = ds.scale;
+        ds.offset[0] = left / zoom + (width / zoom - w) / 2 - box[0];
+        ds.offset[1] = top / zoom + (height / zoom - h) / 2 - box[1];
+        canvas.setDirty(true, true);
+        const [x0, y0] = ds.convertOffsetToCanvas([box[0], box[1]]);
+        return {zoom, rect: [x0, y0, x0 + w * zoom, y0 + h * zoom]};
+    }""", [*FREE_AT, *FREE])
+
+
+def keep_screenshot(page, name: str, workflow_text: str, thumbnail: pathlib.Path | None = None) -> dict:
+    """Fits the graph in view and saves docs/screenshots/NAME.png, and a small JPEG of the graph
+    as the thumbnail the templates menu shows (workflows/NAME.jpg) when one is asked for.
 
     The PNG carries the workflow it shows (as loaded) in a "workflow" text chunk, as ComfyUI's
-    own PNGs do, so dropping it on ComfyUI opens that workflow; and the frontend version; a kept file is rewritten only when one of them changed, so test runs do
-    not churn the committed pictures with sub-pixel differences.
+    own PNGs do, so dropping it on ComfyUI opens that workflow; and the frontend version; a kept
+    file is rewritten only when one of them changed, so test runs do not churn the committed
+    pictures with sub-pixel differences. The thumbnail is made from the kept PNG and carries the
+    hash of the same stamp in its comment. Returns fit_graph's answer and the PNG's path.
     """
     # Node sizes settle once video previews have their first frame (or failed: no such file in
     # input/) and the canvas has drawn.
@@ -109,30 +142,42 @@ def keep_screenshot(page, name: str, workflow_text: str) -> pathlib.Path:
     )
     settle = "() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))"
     page.evaluate(settle)
-    page.evaluate("window.app.extensionManager.command.execute('Comfy.Canvas.FitView')")
-    # The view glides to its new zoom: wait until it holds still.
-    page.wait_for_function(
-        "() => { const ds = window.app.canvas.ds, view = [ds.scale, ...ds.offset].join();"
-        " const still = view === window.lastView; window.lastView = view; return still; }",
-        polling=200,
-    )
-    page.mouse.move(640, 700)
+    view = fit_graph(page)
+    page.mouse.move(SCREEN[0] // 2, SCREEN[1] - 15)  # below the graph: no node is hovered
     page.evaluate(settle)
     png = page.screenshot()
+    # Whether the canvas drew the nodes in low quality (no text: too far out), as of that frame.
+    view["low_quality"] = page.evaluate("window.app.canvas.low_quality")
 
     stamp = {"workflow": workflow_text, "comfyui-frontend": page.evaluate("window.__COMFYUI_FRONTEND_VERSION__")}
     path = SCREENSHOTS / f"{name}.png"
+    kept = False
     if path.exists():
-        with Image.open(path) as kept:
-            if all(kept.text.get(key) == value for key, value in stamp.items()):
-                return path
-    info = PngImagePlugin.PngInfo()
-    for key, value in stamp.items():
-        info.add_text(key, value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with Image.open(io.BytesIO(png)) as picture:
-        picture.save(path, pnginfo=info, optimize=True)
-    return path
+        with Image.open(path) as old:
+            kept = all(old.text.get(key) == value for key, value in stamp.items())
+    if not kept:
+        info = PngImagePlugin.PngInfo()
+        for key, value in stamp.items():
+            info.add_text(key, value)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # 256 colours: the same picture to the eye, and a third of the bytes.
+        with Image.open(io.BytesIO(png)) as picture:
+            picture = picture.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+            picture.save(path, pnginfo=info, optimize=True)
+    if thumbnail is not None:
+        digest = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest().encode()
+        current = False
+        if thumbnail.exists():
+            with Image.open(thumbnail) as old:
+                current = old.info.get("comment") == digest
+        if not current:
+            x0, y0, x1, y1 = view["rect"]
+            with Image.open(path) as picture:
+                graph = picture.convert("RGB").crop((max(0, round(x0)), max(0, round(y0)),
+                                                     min(SCREEN[0], round(x1)), min(SCREEN[1], round(y1))))
+            graph.thumbnail((THUMBNAIL_WIDTH, THUMBNAIL_WIDTH), Image.Resampling.LANCZOS)
+            graph.save(thumbnail, "JPEG", quality=85, optimize=True, comment=digest)
+    return {**view, "path": path}
 
 
 def browser_prompt(page) -> dict:
@@ -146,16 +191,34 @@ def test_the_pack_web_extension_is_loaded(page):
     assert not page.page_errors, page.page_errors
 
 
-def test_templates_menu_lists_every_workflow(page):
+def test_templates_menu_lists_every_workflow_with_its_thumbnail(page):
+    # A card shows workflows/NAME.jpg (keep_screenshot below writes it): the frontend fetches
+    # /api/workflow_templates/<pack folder>/NAME.jpg, which ComfyUI serves from the pack's workflows/.
+    prefix = f"/api/workflow_templates/{PACK}/"
+    thumbnails = {}
+
+    def on_response(response):
+        path = urllib.parse.urlparse(response.url).path
+        if path.startswith(prefix) and path.endswith(".jpg"):
+            thumbnails[path.removeprefix(prefix).removesuffix(".jpg")] = response.status
+
+    page.on("response", on_response)
     page.evaluate("window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
     dialog = page.locator(".p-dialog")
     dialog.get_by_text(PACK, exact=True).first.click()
     cards = dialog.locator("[data-testid^='template-workflow-']")
     cards.first.wait_for()
     listed = {card.get_attribute("data-testid").removeprefix("template-workflow-") for card in cards.all()}
+    first = cards.first.get_attribute("data-testid").removeprefix("template-workflow-")
+    cards.first.locator("img").wait_for()
+    page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=cards.first.locator("img").element_handle())
+    shown = cards.first.locator("img").evaluate("(img) => img.naturalWidth")
+    page.remove_listener("response", on_response)
     dialog.locator("button:has(i.pi-times)").click()
     dialog.wait_for(state="detached")
     assert listed == {path.stem for path in WORKFLOWS}
+    assert thumbnails.get(first) == 200 and shown == THUMBNAIL_WIDTH, (first, thumbnails, shown)
+    assert set(thumbnails.values()) == {200}, thumbnails
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[path.stem for path in WORKFLOWS])
@@ -180,7 +243,24 @@ def test_dropped_workflow_opens_with_every_node_and_widget(page, path):
             for name, value in node["inputs"].items():
                 assert queued[node_id]["inputs"].get(name) == value, f"node {node_id} ({node['class_type']}) input {name}"
 
-    assert keep_screenshot(page, path.stem, path.read_text()).stat().st_size < 300_000
+    shot = keep_screenshot(page, path.stem, path.read_text(), thumbnail=path.with_suffix(".jpg"))
+    # Readable: the whole graph at a zoom where the canvas draws titles and widgets.
+    assert shot["zoom"] >= 0.6 and not shot["low_quality"], shot
+    assert shot["path"].stat().st_size < 400_000
+    assert path.with_suffix(".jpg").stat().st_size < 60_000
+    # Laid out without overlaps, at the sizes the frontend gives the nodes.
+    rects = page.evaluate("window.app.graph.nodes.map((n) => [n.id, ...n.boundingRect])")
+    overlaps = [(a[0], b[0]) for n, a in enumerate(rects) for b in rects[n + 1:]
+                if a[1] < b[1] + b[3] and b[1] < a[1] + a[3] and a[2] < b[2] + b[4] and b[2] < a[2] + a[4]]
+    assert overlaps == [], f"overlapping nodes: {overlaps}"
+    # Wide enough for their titles (the canvas cuts a longer one short with "...").
+    cut_short = page.evaluate("""() => {
+        const context = document.createElement('canvas').getContext('2d'), { LiteGraph } = window;
+        context.font = `${LiteGraph.NODE_TEXT_SIZE}px ${LiteGraph.NODE_FONT}`;
+        return window.app.graph.nodes.filter((n) => context.measureText(n.title).width
+            > n.size[0] - 2 * LiteGraph.NODE_TITLE_HEIGHT).map((n) => n.title);
+    }""")
+    assert cut_short == []
     assert not page.page_errors, page.page_errors
 
 
