@@ -187,6 +187,7 @@ class OneShotTune(io.ComfyNode):
             + f"\nfinal loss {total:.4f} (mse {mse:.4f}, smooth {smooth if smooth is not None else float('nan'):.4f})"
             + f"\nsaved models/smoothvideo/{os.path.basename(final_path)}"
         )
+        tuned.tuned_latent_size = metadata["latent_size"]
         patched = model.clone()
         patched.add_object_patch("diffusion_model", tuned)
         # The loss curve shows on the node as a preview; the numbers are for HTTP clients (/history).
@@ -241,7 +242,10 @@ class LoadTunedVideoWeights(io.ComfyNode):
             node_id=NODE_PREFIX + "LoadTunedVideoWeights",
             display_name="Load Tuned Video Weights",
             category=CATEGORY,
-            description="Applies weights saved by One-shot Tune (models/smoothvideo/) to an inflated MODEL of the same base checkpoint.",
+            description=(
+                "Applies weights saved by One-shot Tune (models/smoothvideo/) to an inflated MODEL of the same base "
+                "checkpoint. DDIM Invert Video then expects frames of the size they were tuned on."
+            ),
             inputs=[
                 io.Model.Input("model", tooltip="The inflated MODEL (Inflate UNet) of the checkpoint the weights were tuned from."),
                 io.Combo.Input("weights", options=sorted(files), tooltip="Tuned weights in models/smoothvideo/."),
@@ -265,6 +269,7 @@ class LoadTunedVideoWeights(io.ComfyNode):
         tuned = forked_adapter(adapter)
         tuned.video_unet.load_trainable_state_dict(state)
         tuned.video_unet.requires_grad_(False).eval()
+        tuned.tuned_latent_size = metadata.get("latent_size")
         patched = model.clone()
         patched.add_object_patch("diffusion_model", tuned)
         return io.NodeOutput(patched)

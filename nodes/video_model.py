@@ -39,6 +39,8 @@ class VideoUNetAdapter(torch.nn.Module):
         self.video_unet = video_unet
         self.attention = attention
         self.chunk_size = chunk_size
+        # "HxW" of the latents the weights were tuned on (One-shot Tune, Load Tuned Video Weights).
+        self.tuned_latent_size: str | None = None
         # The 2D UNet it replaces, kept outside the module tree (it must not follow the adapter
         # to the GPU): clones share one BaseModel, which holds the adapter while one is loaded.
         self.source = [source_unet]
@@ -196,6 +198,21 @@ class CrossFrameAttention(io.ComfyNode):
         return io.NodeOutput(video_model(model, "cross_frame", temporal=False, chunk_size=chunk_size))
 
 
+def require_tuned_size(model, samples: torch.Tensor) -> None:
+    """A tuned video MODEL inverts videos of the size it was tuned on (Tune-A-Video edits the
+    video it tuned on); another size is almost always the wrong frames or the wrong weights."""
+    adapter = video_adapter(model)
+    tuned = adapter.tuned_latent_size if adapter is not None else None
+    size = f"{samples.shape[-2]}x{samples.shape[-1]}"
+    if tuned is not None and tuned != size:
+        pixels = "x".join(str(int(n) * 8) for n in tuned.split("x")[::-1])
+        raise ValueError(
+            f"DDIM Invert Video: this MODEL was tuned on {pixels} px frames (latents {tuned}) but the LATENT's "
+            f"frames are {samples.shape[-1] * 8}x{samples.shape[-2] * 8} px: select the frames at the size they were "
+            "tuned on (Select Video Frames width/height), or tune on this size"
+        )
+
+
 def noise_predictor(model, context: torch.Tensor):
     """eps_fn(x_t, t) for smooth_core's DDIM: runs a ComfyUI MODEL (plain or inflated) on
     variance-preserving latents (b, f, c, h, w) at integer timestep t, no CFG."""
@@ -242,6 +259,7 @@ class DDIMInvertVideo(io.ComfyNode):
         require_sd1_eps(model)
         samples = video_frames_latent(latent, "DDIM Invert Video")
         context = single_prompt(conditioning, "DDIM Invert Video", "conditioning")
+        require_tuned_size(model, samples)
         base = model.model
         x0 = base.latent_format.process_in(samples.float()).unsqueeze(0)
         progress = Progress(steps)

@@ -146,6 +146,21 @@ def test_weights_tuned_from_another_base_model_are_refused(server, sample_video)
     assert error["node_type"] == "SmoothVideo_LoadTunedVideoWeights"
 
 
+def test_inverting_frames_of_another_size_than_the_tuned_weights_is_refused(server, sample_video):
+    prompt = tune_graph(sample_video[0])  # 80 px frames
+    save_name = prompt["10"]["inputs"]["save_name"]
+    server.run(prompt)
+    other = invert_graph(sample_video[0])
+    other["3"]["inputs"].update(width=64, height=64)
+    other["10"] = {"class_type": "SmoothVideo_LoadTunedVideoWeights",
+                   "inputs": {"model": ["9", 0], "weights": f"{save_name}.safetensors"}}
+    other["11"]["inputs"]["model"] = ["10", 0]
+    error = history_error(server, other, r"tuned on 80x80 px frames \(latents 10x10\) but the LATENT's frames are 64x64 px")
+    assert error["node_type"] == "SmoothVideo_DDIMInvertVideo"
+    other["3"]["inputs"].update(width=80, height=80)  # the size it was tuned on
+    assert node_output(server.run(other), "12")["latents"]
+
+
 # ---------------------------------------------------------------- 6. models that are not epsilon SD1.x
 # Stock ModelSampling nodes change what a MODEL predicts; the pack reads the effective sampling.
 MODEL_SAMPLING = {
