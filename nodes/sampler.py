@@ -16,6 +16,20 @@ from .common import CATEGORY, NODE_PREFIX
 from .video_model import prediction_name, schedule_name
 
 
+def require_matching_source_frames(conds: dict, x: torch.Tensor) -> None:
+    """InstructPix2Pix conditions each frame on its source frame; with another frame count
+    ComfyUI would silently stretch or thin the source frames to the LATENT's batch."""
+    for name, entries in conds.items():
+        for cond in entries:
+            source = cond.get("concat_latent_image")
+            if isinstance(source, torch.Tensor) and source.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"the {name} conditioning carries {source.shape[0]} source frames (InstructPixToPixConditioning) "
+                    f"but the LATENT has {x.shape[0]}: sample the LATENT output of that InstructPixToPixConditioning, "
+                    "or give both the same frames"
+                )
+
+
 def smooth_ddim_in_comfy(model, x, sigmas, *args, smooth: SmoothNoise | None = None, **kwargs):
     """`sample_smooth_ddim` as a KSAMPLER function: refuses flow models, explains running out of memory."""
     sampling = model.inner_model.inner_model.model_sampling
@@ -26,6 +40,7 @@ def smooth_ddim_in_comfy(model, x, sigmas, *args, smooth: SmoothNoise | None = N
             "remove the ModelSampling node "
             "or use a stock sampler"
         )
+    require_matching_source_frames(getattr(model.inner_model, "conds", None) or {}, x)
     frames, size = x.shape[0], f"{x.shape[-1] * 8}x{x.shape[-2] * 8} px"
     advice = (
         "use fewer frames or a lower resolution (Select Video Frames); with Cross-frame Attention, "
