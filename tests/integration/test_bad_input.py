@@ -92,6 +92,24 @@ def test_tuning_with_combined_conditionings_asks_for_one_prompt(server, sample_v
     history_error(server, prompt, "positive holds 2 conditionings.*connect a single CLIP Text Encode")
 
 
+@pytest.mark.parametrize("name", ["lambda2", "lambda1"])
+def test_nan_lambdas_are_refused_by_tuning(server, sample_video, name):
+    # JSON clients can send NaN; ComfyUI's min/max checks let NaN through, the node refuses it.
+    history_error(server, tune_graph(sample_video[0], **{name: float("nan")}), f"{name}.*must be a finite number")
+
+
+def test_infinite_lambdas_are_refused_when_queued(server, sample_video):
+    with pytest.raises(ComfyError, match=r"400.*Value inf bigger than max of 1000000.0: lambda1"):
+        server.queue(tune_graph(sample_video[0], lambda1=float("inf")))
+    assert_server_alive(server)
+
+
+@pytest.mark.parametrize("name, value", [("lambda3", float("nan")), ("lambda1", float("nan"))])
+def test_non_finite_lambdas_are_refused_by_the_smooth_noise_sampler(server, name, value):
+    prompt = sampler_graph(**{name: value})
+    history_error(server, prompt, f"{name}.*finite")
+
+
 def test_zero_tuning_steps_are_refused_by_comfyui_validation(server, sample_video):
     # ComfyUI checks the input's min (1) when the prompt is queued: POST /prompt answers 400.
     with pytest.raises(ComfyError, match=r"400.*Value 0 smaller than min of 1"):
@@ -116,19 +134,26 @@ def test_inverting_with_combined_conditionings_asks_for_one_prompt(server, sampl
 
 # ---------------------------------------------------------------- 4. Smooth Noise Sampler
 # (one frame with lambda3 > 0: tests/integration/test_smooth_sampler.py)
-def test_start_percent_after_end_percent_is_refused(server):
+def sampler_graph(**sampler_inputs) -> dict:
+    """Three empty latents sampled by SamplerCustom with the Smooth Noise Sampler -> SaveLatent."""
     prompt = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "smoothvideo_tiny_sd15.safetensors"}},
         "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 3}},
         "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red ball", "clip": ["1", 1]}},
         "4": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "ddim_uniform", "steps": 2, "denoise": 1.0}},
         "5": {"class_type": "SmoothVideo_SmoothNoiseSampler",
-              "inputs": {"lambda1": 1000.0, "lambda3": 0.5, "start_percent": 0.8, "end_percent": 0.2}},
+              "inputs": {"lambda1": 1000.0, "lambda3": 0.5, "start_percent": 0.0, "end_percent": 1.0}},
         "6": {"class_type": "SamplerCustom", "inputs": {
             "model": ["1", 0], "add_noise": True, "noise_seed": 1, "cfg": 3.0, "positive": ["3", 0],
             "negative": ["3", 0], "sampler": ["5", 0], "sigmas": ["4", 0], "latent_image": ["2", 0]}},
         "7": save_latent(["6", 0]),
     }
+    prompt["5"]["inputs"].update(sampler_inputs)
+    return prompt
+
+
+def test_start_percent_after_end_percent_is_refused(server):
+    prompt = sampler_graph(start_percent=0.8, end_percent=0.2)
     history_error(server, prompt, r"start_percent \(0.8\) is after end_percent \(0.2\)")
 
 
