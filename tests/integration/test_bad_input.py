@@ -238,19 +238,10 @@ def test_an_sd2_unet_is_refused_by_inflate_unet(server, sample_video):
 
 
 def test_the_smooth_noise_sampler_refuses_a_flow_model(server):
-    prompt = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "smoothvideo_tiny_sd15.safetensors"}},
-        "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 3}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red ball", "clip": ["1", 1]}},
-        "4": {"class_type": "BasicScheduler", "inputs": {"model": ["8", 0], "scheduler": "simple", "steps": 2, "denoise": 1.0}},
-        "5": {"class_type": "SmoothVideo_SmoothNoiseSampler",
-              "inputs": {"lambda1": 1000.0, "lambda3": 0.5, "start_percent": 0.0, "end_percent": 1.0}},
-        "6": {"class_type": "SamplerCustom", "inputs": {
-            "model": ["8", 0], "add_noise": True, "noise_seed": 1, "cfg": 3.0, "positive": ["3", 0],
-            "negative": ["3", 0], "sampler": ["5", 0], "sigmas": ["4", 0], "latent_image": ["2", 0]}},
-        "7": save_latent(["6", 0]),
-        "8": {**MODEL_SAMPLING["flow"], "inputs": {**MODEL_SAMPLING["flow"]["inputs"], "model": ["1", 0]}},
-    }
+    prompt = sampler_graph()
+    prompt["8"] = {**MODEL_SAMPLING["flow"], "inputs": {**MODEL_SAMPLING["flow"]["inputs"], "model": ["1", 0]}}
+    prompt["4"]["inputs"].update(model=["8", 0], scheduler="simple")
+    prompt["6"]["inputs"]["model"] = ["8", 0]
     error = history_error(server, prompt, r"samples as a flow model \(.*\): remove the ModelSampling node")
     assert error["node_type"] == "SamplerCustom"
 
