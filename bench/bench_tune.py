@@ -8,6 +8,12 @@ inflated diffusers UNet), with random weights.
 the one-level, 320-channel UNet of the project's tiny test checkpoint. Prints one Markdown
 row for bench/RESULTS.md: seconds per step (median of --steps after --warmup), peak GPU
 memory, and the smooth loss's overhead over a plain MSE step (lambda2 = 0.2 vs 0, same run).
+
+Optimisation variants, for before/after rows from one run of bench/run_gpu.sh:
+  --frozen-dtype bf16   the frozen weights held in bf16 (the trainables stay float32 master
+                        weights): no per-step autocast copies of ~800M frozen weights
+  --channels-last       the UNet's weights and activations in channels-last memory format
+  --compile             torch.compile of the UNet's forward (the compile time is printed apart)
 """
 
 from __future__ import annotations
@@ -63,6 +69,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--mixed-precision", default="auto")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--frozen-dtype", choices=("float32", "bf16"), default="float32")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     options = parser.parse_args()
@@ -71,16 +80,36 @@ def main() -> None:
     device = torch.device(options.device)
     unet = UNet2DConditionModel(**(SD15 if options.model == "sd15" else TINY)).to(device)
     video_unet = inflate.inflate_unet(unet)
+    variants = []
+    if options.frozen_dtype == "bf16":
+        trainable = {id(p) for p in video_unet.trainable_parameters()}
+        for p in video_unet.parameters():
+            if id(p) not in trainable:
+                p.data = p.data.to(torch.bfloat16)
+        variants.append("frozen bf16")
+    if options.channels_last:
+        video_unet.unet.to(memory_format=torch.channels_last)
+        variants.append("channels-last")
+    if options.compile:
+        video_unet.unet.forward = torch.compile(video_unet.unet.forward)
+        variants.append("torch.compile")
     latent = options.size // 8
     latents = torch.randn(1, options.frames, 4, latent, latent, device=device)
     text = torch.randn(1, 77, 768, device=device)
     results = {}
+    compile_seconds = None
     for lambda2 in (0.0, 0.2):
         config = tune.TuneConfig(
             steps=10**6, learning_rate=3e-5, lambda2=lambda2, mixed_precision=options.mixed_precision,
             gradient_checkpointing=options.gradient_checkpointing,
         )
         tuner = tune.Tuner(video_unet, latents, text, config)
+        if options.compile and compile_seconds is None:
+            started = time.perf_counter()
+            tuner.step()  # compiles (the first call at these shapes)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            compile_seconds = time.perf_counter() - started
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         results[lambda2] = seconds_per_step(tuner, options.warmup, options.steps, device.type)
@@ -90,6 +119,9 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
     params = sum(p.numel() for p in video_unet.parameters()) / 1e6
     mode = ("grad. checkpointing" if options.gradient_checkpointing else "default") + f", precision {precision}"
+    mode += "".join(f", {v}" for v in variants)
+    if compile_seconds is not None:
+        mode += f" (first step, compiling: {compile_seconds:.0f} s)"
     print(f"| {datetime.date.today()} | {name} | torch {torch.__version__} | {options.model} ({params:.0f}M) | "
           f"{options.frames} x {options.size} px | {mode} | {results[0.2]:.3f} s | "
           f"{peak} | {results[0.2] / results[0.0] - 1:+.1%} |")

@@ -16,3 +16,10 @@ done
 # DDIM inversion + 50-step CFG sampling with Eq. 5 (about 3.5 PFLOP of UNet forwards at 24 x 512 px:
 # ~4 s at the H100's dense bf16 peak); the FLOP count runs on the CPU with fake tensors (~10 s).
 python bench/bench_invert_sample.py --model sd15 --device cuda --frames 24 --size 512 --steps 50
+# Optimisation variants of the 24 x 512 px step, for before/after rows on the same card
+# (the default row above is "before"); compile may take minutes or fail: it does not stop the rest.
+python bench/bench_tune.py --model sd15 --device cuda --frames 24 --size 512 --frozen-dtype bf16
+python bench/bench_tune.py --model sd15 --device cuda --frames 24 --size 512 --frozen-dtype bf16 --gradient-checkpointing
+python bench/bench_tune.py --model sd15 --device cuda --frames 24 --size 512 --frozen-dtype bf16 --channels-last
+timeout 300 python bench/bench_tune.py --model sd15 --device cuda --frames 24 --size 512 --frozen-dtype bf16 --compile \
+  || echo "| torch.compile variant failed or took over 300 s |"
