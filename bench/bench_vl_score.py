@@ -3,6 +3,10 @@ loop over the (k+1)^2 window offsets, on 24 frames of 4 x 64 x 64 latents (a 512
 
 Usage: python bench/bench_vl_score.py [--device cpu|cuda] [--repeats N]
 Prints a Markdown table row set for bench/RESULTS.md.
+
+With --encode FRAMES PX it instead times the VL Score node's whole job on FRAMES frames of
+PX x PX pixels: VAE-encode them in chunks of 16 (as the node does; the Stable Diffusion VAE's
+configuration with random weights, diffusers' AutoencoderKL), then score: frames per second.
 """
 
 from __future__ import annotations
@@ -49,17 +53,55 @@ def timed(fn, repeats: int, device: str) -> float:
     return best
 
 
+SD_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+)
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def encode_and_score(frames: int, size: int, device: str, repeats: int, chunk_size: int = 16) -> None:
+    from diffusers import AutoencoderKL
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**SD_VAE).to(device, dtype).eval()
+    images = torch.rand(frames, 3, size, size, device=device, dtype=dtype) * 2 - 1
+
+    @torch.inference_mode()
+    def job() -> float:
+        latents = torch.cat([
+            vae.encode(images[start : start + chunk_size]).latent_dist.mean.float()
+            for start in range(0, frames, chunk_size)
+        ])
+        return metrics.vl_score(latents[None]).item()
+
+    seconds = timed(job, repeats, device)
+    peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device == "cuda" else "n/a"
+    print(f"| {datetime.date.today()} | {device_name(device)} | torch {torch.__version__} | SD VAE, {str(dtype)[6:]} | "
+          f"{frames} x {size} px | {seconds:.2f} s | {frames / seconds:.1f} frames/s | {peak} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--encode", type=int, nargs=2, metavar=("FRAMES", "PX"))
     options = parser.parse_args()
+    if options.encode:
+        encode_and_score(*options.encode, options.device, options.repeats)
+        return
     video = torch.randn(24, 4, 64, 64, generator=torch.Generator().manual_seed(0)).to(options.device)
     fast = timed(lambda: metrics.vl_score(video).item(), options.repeats, options.device)
     slow = timed(lambda: brute_force(video), 1, options.device)
     diff = abs(metrics.vl_score(video.double()).item() - brute_force(video.double()))
-    device = torch.cuda.get_device_name() if options.device == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    print(f"| {datetime.date.today()} | {device} | torch {torch.__version__} | 24 x 4 x 64 x 64 | "
+    print(f"| {datetime.date.today()} | {device_name(options.device)} | torch {torch.__version__} | 24 x 4 x 64 x 64 | "
           f"{fast * 1000:.1f} ms ({24 / fast:.0f} frames/s) | {slow * 1000:.0f} ms | {slow / fast:.0f}x | {diff:.1e} |")
 
 

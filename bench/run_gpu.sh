@@ -8,6 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 python -c "import diffusers" 2>/dev/null || pip install --no-deps --quiet bench/wheels/diffusers-*.whl
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python bench/bench_vl_score.py --device cuda
+python bench/bench_vl_score.py --device cuda --encode 24 512
 for frames_size in "8 256" "24 512"; do
   set -- $frames_size
   python bench/bench_tune.py --model sd15 --device cuda --frames "$1" --size "$2"
