@@ -1,0 +1,33 @@
+"""Every node of the pack reads like a ComfyUI node in /object_info (what the frontend shows):
+one category, a display name, a description, and a tooltip on every input and output."""
+
+import pytest
+
+pytestmark = pytest.mark.integration
+EXPECTED = {
+    "SmoothVideo_InflateUNet", "SmoothVideo_CrossFrameAttention", "SmoothVideo_DDIMInvertVideo",
+    "SmoothVideo_OneShotTune", "SmoothVideo_LoadTunedVideoWeights", "SmoothVideo_SmoothNoiseSampler",
+    "SmoothVideo_SameNoiseForAllFrames", "SmoothVideo_VLScore", "SmoothVideo_SelectVideoFrames",
+}
+
+
+@pytest.fixture(scope="module")
+def pack_nodes(server):
+    info = server.get("/object_info")
+    return {name: node for name, node in info.items() if node["python_module"] == "custom_nodes.ComfyUI-SmoothVideo"}
+
+
+def test_the_pack_registers_every_node(pack_nodes):
+    assert set(pack_nodes) == EXPECTED
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_node_has_category_name_description_and_tooltips(pack_nodes, name):
+    node = pack_nodes[name]
+    assert node["category"] == "SmoothVideo"
+    assert node["display_name"] and node["display_name"] != name
+    assert len(node["description"]) > 40
+    inputs = {**node["input"].get("required", {}), **node["input"].get("optional", {})}
+    missing = [key for key, spec in inputs.items() if len(spec) < 2 or not spec[1].get("tooltip")]
+    assert missing == [], f"inputs without a tooltip: {missing}"
+    assert len(node["output_tooltips"]) == len(node["output"]) and all(node["output_tooltips"])
