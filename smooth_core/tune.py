@@ -292,7 +292,12 @@ class Tuner:
                 smooth = None
 
         step = self.steps_done + 1
-        total_value = total.item()
+        # One host read for the three values (each .item() waits for the GPU); the loss must be
+        # known before the update anyway, to refuse a NaN step.
+        parts = [total, mse] + ([smooth] if smooth is not None else [])
+        values = torch.stack([v.detach().float() for v in parts]).tolist()
+        total_value, mse_value = values[0], values[1]
+        smooth_value = values[2] if smooth is not None else None
         if not math.isfinite(total_value):
             raise NonFiniteLossError(
                 f"the loss is {total_value} at step {step}; the weights were not updated. Lower the learning "
@@ -318,7 +323,7 @@ class Tuner:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.steps_done = step
-        return StepRecord(step, total_value, mse.item(), None if smooth is None else smooth.item())
+        return StepRecord(step, total_value, mse_value, smooth_value)
 
     def _autocast(self):
         if self.precision == "no":
