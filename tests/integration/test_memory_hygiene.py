@@ -17,8 +17,9 @@ from quick_settings import TINY, quick
 pytestmark = pytest.mark.integration
 # Measured after each of six runs on one server: 1846, 1875, 1877, 1882, 1844, 1850 MiB (the
 # allocator's noise). Keeping a copy of the inflated tiny UNet per run (~120 MiB in float32)
-# would pass this bound; leaks smaller than that are what the object counts catch.
-RSS_GROWTH_BOUND = 96 * 2**20
+# would grow it by ~240 MiB from the first to the third run; leaks smaller than that are what
+# the object counts catch.
+RSS_GROWTH_BOUND = 128 * 2**20
 
 
 def probe(server, after: dict | None = None) -> dict:
