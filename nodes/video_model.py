@@ -9,12 +9,15 @@ and the original UNet stays untouched (and off the GPU) behind the patch.
 from __future__ import annotations
 
 import os
+import uuid
 
 import torch
 from comfy_api.latest import io
 
-import comfy.model_sampling
+import comfy.lora
 import comfy.model_management
+import comfy.model_sampling
+import comfy.patcher_extension
 import folder_paths
 
 from ..smooth_core import convert, inflate, invert, memory, sample
@@ -22,6 +25,21 @@ from .common import CATEGORY, NODE_PREFIX, Progress, single_prompt, video_frames
 
 # Tuned weights and tuning checkpoints: ComfyUI/models/smoothvideo/
 folder_paths.add_model_folder_path("smoothvideo", os.path.join(folder_paths.models_dir, "smoothvideo"))
+
+
+# Top-level parts of ComfyUI's SD1.x UNet, where weight patch keys point (diffusion_model.<part>...).
+LDM_UNET_PARTS = {"time_embed", "label_emb", "input_blocks", "middle_block", "output_blocks", "out"}
+LORA_AFTER_INFLATING = (
+    "a LoRA (or another weight patch) was applied to a video MODEL, whose UNet does not take such patches: "
+    "apply LoRAs to the MODEL before Inflate UNet / Cross-frame Attention (they are baked into the video UNet there)"
+)
+
+
+def refuse_unet_patches(patcher, *args) -> None:
+    """ON_LOAD callback of video MODELs (clones keep it): ComfyUI would skip UNet weight patches
+    added after inflating without a word, since none of their keys names a video UNet weight."""
+    if any(key.startswith(UNET_PREFIX) for key in patcher.patches):
+        raise ValueError(LORA_AFTER_INFLATING)
 
 
 class VideoUNetAdapter(torch.nn.Module):
@@ -44,6 +62,22 @@ class VideoUNetAdapter(torch.nn.Module):
         # The 2D UNet it replaces, kept outside the module tree (it must not follow the adapter
         # to the GPU): clones share one BaseModel, which holds the adapter while one is loaded.
         self.source = [source_unet]
+
+    def state_dict(self, *args, destination=None, prefix="", keep_vars=False):
+        """The 2D UNet's weights, under ComfyUI's keys. While a video MODEL is loaded this adapter
+        sits in the BaseModel that every clone of the checkpoint shares, so whatever reads that
+        BaseModel's weights then (LoRA loaders map their keys with it) must still find the
+        checkpoint's UNet there, not the video UNet."""
+        return self.source[0].state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in LDM_UNET_PARTS:
+                # ComfyUI looks a weight patch's key up here: a LoRA added after inflating.
+                raise AttributeError(LORA_AFTER_INFLATING) from None
+            raise
 
     @property
     def dtype(self) -> torch.dtype:
@@ -127,7 +161,8 @@ class InflateUNet(io.ComfyNode):
             description=(
                 "Turns an SD1.5 MODEL into a video model (Tune-A-Video): self-attention looks at other frames, "
                 "and a temporal attention layer (starting as the identity) follows each transformer block. "
-                "Frames are the LATENT batch. Works in stock samplers; the input MODEL is not changed."
+                "Frames are the LATENT batch. LoRAs loaded before this node are baked in. Works in stock samplers; "
+                "the input MODEL is not changed."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="An SD1.5 (or InstructPix2Pix) MODEL from Load Checkpoint."),
@@ -145,8 +180,27 @@ class InflateUNet(io.ComfyNode):
         return io.NodeOutput(video_model(model, attention, temporal=True))
 
 
+UNET_PREFIX = "diffusion_model."
+
+
+def patched_unet_weights(model) -> dict[str, torch.Tensor]:
+    """The 2D UNet's weights as this MODEL samples with them: its weight patches (LoRAs, model
+    merges) applied to the original weights, whichever clone ComfyUI has loaded at the moment."""
+    # A loaded clone's patches sit in the shared UNet's tensors in place; unloading restores them.
+    comfy.model_management.unload_all_models()
+    weights = dict(source_unet(model).state_dict())
+    for key, patches in model.patches.items():
+        name = key[len(UNET_PREFIX):]
+        if key.startswith(UNET_PREFIX) and name in weights:
+            original = weights[name]
+            patched = comfy.lora.calculate_weight(patches, original.to(torch.float32, copy=True), key)
+            weights[name] = patched.to(original.dtype)
+    return weights
+
+
 def video_model(model, attention: str, temporal: bool, chunk_size: int | None = None):
-    """A clone of `model` whose diffusion_model is its UNet inflated (`inflate.inflate_unet`)."""
+    """A clone of `model` whose diffusion_model is its UNet inflated (`inflate.inflate_unet`),
+    with the MODEL's LoRAs (weight patches) baked in."""
     if video_adapter(model) is not None:
         raise ValueError("this MODEL is already inflated; connect the Load Checkpoint MODEL instead")
     require_sd1_eps(model)
@@ -154,11 +208,18 @@ def video_model(model, attention: str, temporal: bool, chunk_size: int | None = 
     # ComfyUI runs nodes in inference mode; tensors made there can never join autograd,
     # and One-shot Tune trains the inflated model.
     with torch.inference_mode(False):
-        unet, _ = convert.ldm_unet_to_diffusers(unet_2d.state_dict())
+        unet, _ = convert.ldm_unet_to_diffusers(patched_unet_weights(model))
         video_unet = inflate.inflate_unet(unet, attention, temporal=temporal)
     video_unet.requires_grad_(False).eval()
     patched = model.clone()
+    # The UNet's patches are in the video UNet now; on the adapter they would have nowhere to go.
+    baked = [key for key in patched.patches if key.startswith(UNET_PREFIX)]
+    for key in baked:
+        del patched.patches[key]
+    if baked:
+        patched.patches_uuid = uuid.uuid4()
     patched.add_object_patch("diffusion_model", VideoUNetAdapter(video_unet, attention, unet_2d, chunk_size))
+    patched.add_callback(comfy.patcher_extension.CallbacksMP.ON_LOAD, refuse_unet_patches)
     return patched
 
 

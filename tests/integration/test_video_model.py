@@ -55,6 +55,64 @@ def test_inflated_model_is_what_the_stock_sampler_runs(server, sample_video):
     assert (plain[1:] - video[1:]).abs().max() > 1e-3
 
 
+LORA_LAYERS = {  # the tiny UNet's Linear layers a test LoRA changes: name -> (out, in)
+    "input_blocks_1_1_transformer_blocks_0_attn1_to_k": (320, 320),
+    "input_blocks_1_1_transformer_blocks_0_attn1_to_v": (320, 320),
+    "output_blocks_0_1_transformer_blocks_0_attn2_to_v": (320, 768),
+}
+
+
+@pytest.fixture(scope="module")
+def lora(server):
+    """A rank-4 LoRA (kohya key format) for the tiny SD1.5 UNet in models/loras/."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(5)
+    tensors = {}
+    for name, (out_features, in_features) in LORA_LAYERS.items():
+        tensors[f"lora_unet_{name}.lora_down.weight"] = torch.randn(4, in_features, generator=generator) * 0.2
+        tensors[f"lora_unet_{name}.lora_up.weight"] = torch.randn(out_features, 4, generator=generator) * 0.2
+        tensors[f"lora_unet_{name}.alpha"] = torch.tensor(4.0)
+    folder = server.base / "models" / "loras"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / "smoothvideo_test_lora.safetensors"))
+    return "smoothvideo_test_lora.safetensors"
+
+
+def with_lora(prompt: dict, lora: str, strength: float = 1.0) -> dict:
+    """The prompt's MODEL goes through LoraLoaderModelOnly before Inflate UNet and the sampler."""
+    prompt["30"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["4", 0], "lora_name": lora, "strength_model": strength}}
+    for node in prompt.values():
+        for name, value in node["inputs"].items():
+            if value == ["4", 0] and node is not prompt["30"]:
+                node["inputs"][name] = ["30", 0]
+    return prompt
+
+
+def test_a_lora_before_inflate_unet_is_carried_into_the_video_model(server, sample_video, lora):
+    plain_lora = saved_latent(server, server.run(with_lora(sampling_prompt(sample_video[0], None, True), lora)), "20")
+    video_lora = saved_latent(server, server.run(with_lora(sampling_prompt(sample_video[0], "sparse_causal", True), lora)), "20")
+    assert torch.allclose(plain_lora, video_lora, atol=1e-4, rtol=1e-4)
+    # The LoRA's clone is still loaded, its weights patched in place in the shared UNet: a plain
+    # MODEL inflated now must not pick them up.
+    video = saved_latent(server, server.run(sampling_prompt(sample_video[0], "sparse_causal", True)), "20")
+    plain = saved_latent(server, server.run(sampling_prompt(sample_video[0], None, True)), "20")
+    assert torch.allclose(plain, video, atol=1e-4, rtol=1e-4)
+    assert (video_lora - video).abs().max() > 1e-3  # the LoRA does change the result
+
+
+def test_a_lora_after_inflate_unet_names_the_fix(server, sample_video, lora):
+    prompt = sampling_prompt(sample_video[0], "sparse_causal", True)
+    prompt["30"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["9", 0], "lora_name": lora, "strength_model": 1.0}}
+    prompt["12"]["inputs"]["model"] = ["30", 0]
+    with pytest.raises(ComfyError, match="apply LoRAs to the MODEL before Inflate UNet"):
+        server.run(prompt)
+    # The next prompt on the same checkpoint runs, and the video model is as before.
+    video = saved_latent(server, server.run(sampling_prompt(sample_video[0], "sparse_causal", True)), "20")
+    plain = saved_latent(server, server.run(sampling_prompt(sample_video[0], None, True)), "20")
+    assert torch.allclose(plain, video, atol=1e-4, rtol=1e-4)
+
+
 def test_inflating_twice_is_refused(server, sample_video):
     prompt = sampling_prompt(sample_video[0], "sparse_causal", True)
     prompt["10"] = {"class_type": "SmoothVideo_InflateUNet", "inputs": {"model": ["9", 0], "attention": "sparse_causal"}}
