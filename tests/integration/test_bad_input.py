@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from comfy_host import ComfyError, load_workflow, node_output
+from graphs import invert_graph, sampler_graph, save_latent, tune_graph
 from quick_settings import TINY, quick
 
 pytestmark = pytest.mark.integration
@@ -30,32 +31,6 @@ def history_error(server, prompt, match):
     assert messages, entry["status"]
     assert_server_alive(server)
     return messages[0]
-
-
-def tune_graph(video: str, **tune_inputs) -> dict:
-    """LoadVideo .. One-shot Tune of tune_a_video_smooth (nodes 1-10), TINY settings, one step."""
-    full = quick(load_workflow("tune_a_video_smooth"), TINY)
-    prompt = {node_id: full[node_id] for node_id in map(str, range(1, 11))}
-    prompt["1"]["inputs"]["file"] = video
-    prompt["10"]["inputs"].update(steps=1, checkpoint_every=0, save_name=f"bad_input_{uuid.uuid4().hex[:6]}")
-    prompt["10"]["inputs"].update(tune_inputs)
-    return prompt
-
-
-def save_latent(samples) -> dict:
-    return {"class_type": "SaveLatent", "inputs": {"samples": samples, "filename_prefix": f"test/{uuid.uuid4().hex[:8]}"}}
-
-
-def invert_graph(video: str) -> dict:
-    """LoadVideo .. DDIM Invert Video on the inflated (untuned) model -> SaveLatent."""
-    prompt = tune_graph(video)
-    del prompt["10"]
-    prompt["11"] = {
-        "class_type": "SmoothVideo_DDIMInvertVideo",
-        "inputs": {"model": ["9", 0], "latent": ["5", 0], "conditioning": ["8", 0], "steps": 2},
-    }
-    prompt["12"] = save_latent(["11", 0])
-    return prompt
 
 
 # ---------------------------------------------------------------- 1. empty or unreadable video
@@ -134,24 +109,6 @@ def test_inverting_with_combined_conditionings_asks_for_one_prompt(server, sampl
 
 # ---------------------------------------------------------------- 4. Smooth Noise Sampler
 # (one frame with lambda3 > 0: tests/integration/test_smooth_sampler.py)
-def sampler_graph(**sampler_inputs) -> dict:
-    """Three empty latents sampled by SamplerCustom with the Smooth Noise Sampler -> SaveLatent."""
-    prompt = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "smoothvideo_tiny_sd15.safetensors"}},
-        "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 3}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red ball", "clip": ["1", 1]}},
-        "4": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "ddim_uniform", "steps": 2, "denoise": 1.0}},
-        "5": {"class_type": "SmoothVideo_SmoothNoiseSampler",
-              "inputs": {"lambda1": 1000.0, "lambda3": 0.5, "start_percent": 0.0, "end_percent": 1.0}},
-        "6": {"class_type": "SamplerCustom", "inputs": {
-            "model": ["1", 0], "add_noise": True, "noise_seed": 1, "cfg": 3.0, "positive": ["3", 0],
-            "negative": ["3", 0], "sampler": ["5", 0], "sigmas": ["4", 0], "latent_image": ["2", 0]}},
-        "7": save_latent(["6", 0]),
-    }
-    prompt["5"]["inputs"].update(sampler_inputs)
-    return prompt
-
-
 def test_start_percent_after_end_percent_is_refused(server):
     prompt = sampler_graph(start_percent=0.8, end_percent=0.2)
     history_error(server, prompt, r"start_percent \(0.8\) is after end_percent \(0.2\)")

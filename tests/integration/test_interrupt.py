@@ -6,7 +6,7 @@ import time
 import pytest
 
 from comfy_host import ComfyError, node_output
-from test_bad_input import invert_graph, sampler_graph
+from graphs import invert_graph, sampler_graph
 
 pytestmark = pytest.mark.integration
 

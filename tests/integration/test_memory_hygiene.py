@@ -7,12 +7,11 @@ is the server process's VmRSS, read right after each run.
 """
 
 import pathlib
-import uuid
 
 import pytest
 
-from comfy_host import ComfyError, load_workflow
-from quick_settings import TINY, quick
+from comfy_host import ComfyError
+from graphs import tune_graph
 
 pytestmark = pytest.mark.integration
 # Measured after each of six runs on one server: 1846, 1875, 1877, 1882, 1844, 1850 MiB (the
@@ -38,20 +37,10 @@ def resident_bytes(server) -> int:
     raise RuntimeError("no VmRSS for the server process")
 
 
-def tune_prompt(video: str, steps: int, seed: int) -> dict:
-    """LoadVideo .. One-shot Tune of tune_a_video_smooth (nodes 1-10), TINY settings."""
-    full = quick(load_workflow("tune_a_video_smooth"), TINY)
-    prompt = {node_id: full[node_id] for node_id in map(str, range(1, 11))}
-    prompt["1"]["inputs"]["file"] = video
-    prompt["10"]["inputs"].update(steps=steps, seed=seed, checkpoint_every=0,
-                                  save_name=f"hygiene_{uuid.uuid4().hex[:6]}")
-    return prompt
-
-
 def test_the_probe_sees_a_live_tuned_model(server, sample_video):
     """The probe can fail: in the prompt that tuned, the tuned model (cached as the node's
     output) is alive, with its adapter and video UNet; the tuner and its optimizer are not."""
-    live = probe(server, after=tune_prompt(sample_video[0], steps=1, seed=1))
+    live = probe(server, after=tune_graph(sample_video[0], steps=1, seed=1))
     assert live["VideoUNetAdapter"] >= 2 and live["VideoUNet"] >= 2  # inflated + tuned
     assert live["Tuner"] == 0 and live["Optimizer"] == 0
 
@@ -59,7 +48,7 @@ def test_the_probe_sees_a_live_tuned_model(server, sample_video):
 def test_three_tuning_runs_do_not_grow_resident_memory(server, sample_video):
     rss = []
     for seed in (1, 2, 3):
-        server.run(tune_prompt(sample_video[0], steps=4, seed=seed))
+        server.run(tune_graph(sample_video[0], steps=4, seed=seed))
         rss.append(resident_bytes(server))
         # a new prompt: ComfyUI's cache let the last one's models go, and so did the tuning
         assert probe(server) == {"Tuner": 0, "VideoUNet": 0, "VideoUNetAdapter": 0, "Optimizer": 0}
@@ -68,7 +57,7 @@ def test_three_tuning_runs_do_not_grow_resident_memory(server, sample_video):
 
 
 def test_a_cancelled_tuning_run_releases_its_models(server, sample_video):
-    prompt = tune_prompt(sample_video[0], steps=500, seed=4)
+    prompt = tune_graph(sample_video[0], steps=500, seed=4)
     events = server.progress_events(timeout=300)
     prompt_id = server.queue(prompt)
     for event in events:  # the first tuning step is done: the tuner and its optimizer exist

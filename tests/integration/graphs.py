@@ -1,0 +1,51 @@
+"""Small API graphs the integration tests share: the nodes up to the one under test, with the
+TINY settings of scripts/quick_settings.py."""
+
+import uuid
+
+from comfy_host import load_workflow
+from quick_settings import TINY, quick
+
+
+def tune_graph(video: str, **tune_inputs) -> dict:
+    """LoadVideo .. One-shot Tune of tune_a_video_smooth (nodes 1-10), TINY settings, one step."""
+    full = quick(load_workflow("tune_a_video_smooth"), TINY)
+    prompt = {node_id: full[node_id] for node_id in map(str, range(1, 11))}
+    prompt["1"]["inputs"]["file"] = video
+    prompt["10"]["inputs"].update(steps=1, checkpoint_every=0, save_name=f"test_{uuid.uuid4().hex[:6]}")
+    prompt["10"]["inputs"].update(tune_inputs)
+    return prompt
+
+
+def save_latent(samples) -> dict:
+    return {"class_type": "SaveLatent", "inputs": {"samples": samples, "filename_prefix": f"test/{uuid.uuid4().hex[:8]}"}}
+
+
+def invert_graph(video: str) -> dict:
+    """LoadVideo .. DDIM Invert Video on the inflated (untuned) model -> SaveLatent."""
+    prompt = tune_graph(video)
+    del prompt["10"]
+    prompt["11"] = {
+        "class_type": "SmoothVideo_DDIMInvertVideo",
+        "inputs": {"model": ["9", 0], "latent": ["5", 0], "conditioning": ["8", 0], "steps": 2},
+    }
+    prompt["12"] = save_latent(["11", 0])
+    return prompt
+
+
+def sampler_graph(**sampler_inputs) -> dict:
+    """Three empty latents sampled by SamplerCustom with the Smooth Noise Sampler -> SaveLatent."""
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "smoothvideo_tiny_sd15.safetensors"}},
+        "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 3}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red ball", "clip": ["1", 1]}},
+        "4": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "ddim_uniform", "steps": 2, "denoise": 1.0}},
+        "5": {"class_type": "SmoothVideo_SmoothNoiseSampler",
+              "inputs": {"lambda1": 1000.0, "lambda3": 0.5, "start_percent": 0.0, "end_percent": 1.0}},
+        "6": {"class_type": "SamplerCustom", "inputs": {
+            "model": ["1", 0], "add_noise": True, "noise_seed": 1, "cfg": 3.0, "positive": ["3", 0],
+            "negative": ["3", 0], "sampler": ["5", 0], "sigmas": ["4", 0], "latent_image": ["2", 0]}},
+        "7": save_latent(["6", 0]),
+    }
+    prompt["5"]["inputs"].update(sampler_inputs)
+    return prompt
