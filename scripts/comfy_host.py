@@ -65,7 +65,7 @@ class ComfyServer:
         ]
         if self.extra_custom_nodes:
             # ComfyUI's extra_model_paths.yaml format also takes custom_nodes folders.
-            config = self.host_dir / f"extra-paths-{self.port}.yaml"
+            config = self._extra_paths = self.host_dir / f"extra-paths-{self.port}.yaml"
             config.write_text("smoothvideo_extra:\n  custom_nodes: |\n"
                               + "".join(f"    {folder}\n" for folder in self.extra_custom_nodes))
             args += ["--extra-model-paths-config", str(config)]
@@ -93,6 +93,8 @@ class ComfyServer:
                 self.process.wait()
         if getattr(self, "_log", None):
             self._log.close()
+        if getattr(self, "_extra_paths", None):
+            self._extra_paths.unlink(missing_ok=True)
 
     def __enter__(self) -> "ComfyServer":
         return self.start()
