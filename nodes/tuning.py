@@ -163,11 +163,12 @@ class OneShotTune(io.ComfyNode):
                 tuner.run(callback=after_step)
             finished = True
         finally:
-            if finished:
-                tuned.video_unet.requires_grad_(False).eval()
-                tuned.video_unet.to(comfy.model_management.unet_offload_device())
-            else:
-                # Failed or interrupted: nothing of the run stays in memory, its checkpoint stays on disk.
+            # The fork's frozen weights are the inflated model's own Parameters, moved here for
+            # tuning: back to where ComfyUI keeps them, also when the run failed.
+            tuned.video_unet.requires_grad_(False).eval()
+            tuned.video_unet.to(comfy.model_management.unet_offload_device())
+            if not finished:
+                # Failed or interrupted: nothing else of the run stays in memory; its checkpoint is on disk.
                 del tuner, tuned
             memory.free_unused_memory()
             comfy.model_management.soft_empty_cache()
