@@ -15,6 +15,9 @@ sampling step comes first. Prints one Markdown row for bench/RESULTS.md: seconds
 inversion, the sampling and both, peak GPU memory (torch.cuda.max_memory_allocated over the
 timed pass), and the achieved TFLOP/s from the UNet FLOPs counted by count_flops.py on fake
 tensors (3 x --steps forwards' worth: --steps of one video + --steps of two).
+
+--eq5-overhead N adds a second row: the same sampling with and without Eq. 5 (stock DDIM),
+N times each, interleaved, from the same noise: the median seconds of each and their ratio.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import argparse
 import datetime
 import pathlib
 import platform
+import statistics
 import sys
 import time
 
@@ -65,6 +69,20 @@ def invert_and_sample(model, latents, empty, edit, steps: int, cfg: float, dtype
     return inverted - start, time.perf_counter() - inverted, out
 
 
+def sampling_seconds(model, noise, empty, edit, steps: int, cfg: float, dtype, device, smooth) -> float:
+    context = torch.cat([empty, edit])
+
+    def eps_sample(x, t):
+        uncond, cond = model(torch.cat([x, x]).to(dtype), t, context).float().chunk(2)
+        return sample.classifier_free_guidance(uncond, cond, cfg)
+
+    sync(device)
+    start = time.perf_counter()
+    sample.ddim_sample(eps_sample, noise, steps, smooth=smooth)
+    sync(device)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("sd15", "tiny"), default="tiny")
@@ -74,6 +92,8 @@ def main() -> None:
     parser.add_argument("--cfg", type=float, default=7.5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="UNet dtype; default bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--eq5-overhead", type=int, default=0, metavar="N",
+                        help="also time sampling with and without Eq. 5, N times each, interleaved")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count (fake tensors on the CPU, a few seconds)")
     options = parser.parse_args()
 
@@ -115,6 +135,19 @@ def main() -> None:
     print(f"| {datetime.date.today()} | {name} | torch {torch.__version__} | {options.model} ({params:.0f}M), "
           f"{str(dtype).removeprefix('torch.')} | {options.frames} x {options.size} px | {options.steps} + {options.steps} "
           f"(CFG {options.cfg:g}, Eq. 5) | {inversion:.2f} s | {sampling:.2f} s | {total:.2f} s | {peak} | {throughput} |")
+
+    if options.eq5_overhead:
+        stock, smooth = [], []
+        with torch.inference_mode():
+            for _ in range(options.eq5_overhead):
+                stock.append(sampling_seconds(video_unet, latents, empty, edit, options.steps, options.cfg, dtype, device, None))
+                smooth.append(sampling_seconds(video_unet, latents, empty, edit, options.steps, options.cfg, dtype, device,
+                                               sample.SmoothNoise(lambda3=0.5)))
+        stock_s, smooth_s = statistics.median(stock), statistics.median(smooth)
+        print(f"| {datetime.date.today()} | {name} | torch {torch.__version__} | {options.model}, "
+              f"{str(dtype).removeprefix('torch.')} | {options.frames} x {options.size} px | {options.steps}-step CFG sampling, "
+              f"median of {options.eq5_overhead} interleaved | stock DDIM {stock_s:.2f} s | with Eq. 5 {smooth_s:.2f} s | "
+              f"Eq. 5 overhead {smooth_s / stock_s - 1:+.1%} |")
 
 
 if __name__ == "__main__":

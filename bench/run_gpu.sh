@@ -31,7 +31,7 @@ for frames_size in "8 256" "24 512"; do
 done
 # DDIM inversion + 50-step CFG sampling with Eq. 5 (about 3.5 PFLOP of UNet forwards at 24 x 512 px:
 # ~4 s at the H100's dense bf16 peak); the FLOP count runs on the CPU with fake tensors (~10 s).
-bench bench/bench_invert_sample.py --model sd15 --device cuda --frames 24 --size 512 --steps 50
+bench bench/bench_invert_sample.py --model sd15 --device cuda --frames 24 --size 512 --steps 50 --eq5-overhead 3
 # Optimisation variants of the 24 x 512 px step, for before/after rows on the same card
 # (the default row above is "before"); compile may take minutes.
 bench bench/bench_tune.py --model sd15 --device cuda --frames 24 --size 512 --frozen-dtype bf16
