@@ -118,6 +118,31 @@ def test_a_rerun_resumes_from_the_checkpoint_and_matches_an_uninterrupted_run(se
     assert_same_weights(tuned_weights(server, name), tuned_weights(server, smooth_run[1]))
 
 
+def test_a_run_interrupted_after_a_checkpoint_resumes_to_the_weights_of_an_uninterrupted_run(server, sample_video):
+    def prompt(save_name):
+        tuning = tiny_workflow("tune_a_video_smooth", sample_video[0], tune_a_video_smooth=save_name)
+        tuning["10"]["inputs"].update(steps=12, checkpoint_every=3)
+        return tuning
+
+    name = f"interrupted_{uuid.uuid4().hex[:6]}"
+    events = server.progress_events(timeout=300)
+    prompt_id = server.queue(prompt(name))
+    for event in events:
+        if event["prompt_id"] == prompt_id and event["node"] == "10" and event["value"] >= 4:
+            break  # the checkpoint of step 3 is written
+    events.close()
+    server.interrupt()
+    with pytest.raises(ComfyError, match="interrupted"):
+        server.wait(prompt_id, timeout=60)
+    resumed = server.run(prompt(name))
+    summary = node_output(resumed, "10")["text"][0]
+    assert any(f"resumed from the checkpoint at step {n}" in summary for n in (3, 6, 9)), summary
+    assert len(node_output(resumed, "10")["losses"]) == 12
+    uninterrupted = f"uninterrupted_{uuid.uuid4().hex[:6]}"
+    server.run(prompt(uninterrupted))
+    assert_same_weights(tuned_weights(server, name), tuned_weights(server, uninterrupted))
+
+
 def test_interrupt_stops_tuning_and_the_server_runs_the_next_prompt(server, sample_video):
     long = tiny_workflow("tune_a_video_smooth", sample_video[0], tune_a_video_smooth=f"interrupt_{uuid.uuid4().hex[:6]}")
     long["10"]["inputs"].update(steps=500, checkpoint_every=0)
