@@ -40,7 +40,8 @@ def smooth_ddim_in_comfy(model, x, sigmas, *args, smooth: SmoothNoise | None = N
             "remove the ModelSampling node "
             "or use a stock sampler"
         )
-    require_matching_source_frames(getattr(model.inner_model, "conds", None) or {}, x)
+    if smooth is not None and smooth.lambda3 > 0:  # a video; with lambda3 = 0 this is ComfyUI's ddim
+        require_matching_source_frames(getattr(model.inner_model, "conds", None) or {}, x)
     frames, size = x.shape[0], f"{x.shape[-1] * 8}x{x.shape[-2] * 8} px"
     advice = (
         "use fewer frames or a lower resolution (Select Video Frames); with Cross-frame Attention, "
