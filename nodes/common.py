@@ -20,6 +20,11 @@ def video_frames_latent(latent: dict, node: str):
     return samples
 
 
+def pixel_size(latent) -> str:
+    """"WxH px" of the frames behind a latent tensor (the VAE works on 8-pixel blocks)."""
+    return f"{latent.shape[-1] * 8}x{latent.shape[-2] * 8} px"
+
+
 def single_prompt(conditioning, node: str, input_name: str):
     """The one prompt embedding (1, tokens, dim) of a CONDITIONING: these nodes take one prompt per video."""
     if len(conditioning) != 1:

@@ -12,7 +12,7 @@ import comfy.samplers
 from ..smooth_core import memory
 from ..smooth_core.ksampling import sample_smooth_ddim
 from ..smooth_core.sample import SmoothNoise
-from .common import CATEGORY, NODE_PREFIX
+from .common import CATEGORY, NODE_PREFIX, pixel_size
 from .video_model import prediction_name, schedule_name
 
 
@@ -42,12 +42,11 @@ def smooth_ddim_in_comfy(model, x, sigmas, *args, smooth: SmoothNoise | None = N
         )
     if smooth is not None and smooth.lambda3 > 0:  # a video; with lambda3 = 0 this is ComfyUI's ddim
         require_matching_source_frames(getattr(model.inner_model, "conds", None) or {}, x)
-    frames, size = x.shape[0], f"{x.shape[-1] * 8}x{x.shape[-2] * 8} px"
     advice = (
         "use fewer frames or a lower resolution (Select Video Frames); with Cross-frame Attention, "
         "a lower chunk_size runs fewer frames per UNet call"
     )
-    with memory.released_on_error(), memory.explain_out_of_memory(f"sampling {frames} frames of {size}", advice):
+    with memory.explain_out_of_memory(f"sampling {x.shape[0]} frames of {pixel_size(x)}", advice):
         return sample_smooth_ddim(model, x, sigmas, *args, smooth=smooth, **kwargs)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import itertools
 import json
@@ -16,7 +17,7 @@ import comfy.model_management
 import folder_paths
 
 from ..smooth_core import convert, losses, memory, tune
-from .common import CATEGORY, NODE_PREFIX, Progress, single_prompt, video_frames_latent
+from .common import CATEGORY, NODE_PREFIX, Progress, pixel_size, single_prompt, video_frames_latent
 from .plot import loss_curve_image
 from .video_model import VideoUNetAdapter, require_sd1_eps, source_unet, video_adapter
 
@@ -150,7 +151,6 @@ class OneShotTune(io.ComfyNode):
                 tune.save_checkpoint(tuner, checkpoint_path, {**metadata, "history": json.dumps(history)})
             progress.step()
 
-        size = f"{samples.shape[-1] * 8}x{samples.shape[-2] * 8} px"
         advice = (
             "turn on gradient_checkpointing, or use fewer frames or a lower resolution (Select Video Frames). "
             f"Work up to the last checkpoint is kept in models/smoothvideo/{os.path.basename(checkpoint_path)}; "
@@ -159,7 +159,7 @@ class OneShotTune(io.ComfyNode):
         started = time.time()
         finished = False
         try:
-            with memory.released_on_error(), memory.explain_out_of_memory(f"tuning {latents.shape[1]} frames of {size}", advice):
+            with memory.explain_out_of_memory(f"tuning {latents.shape[1]} frames of {pixel_size(samples)}", advice):
                 tuner.run(callback=after_step)
             finished = True
         finally:
@@ -170,7 +170,7 @@ class OneShotTune(io.ComfyNode):
             if not finished:
                 # Failed or interrupted: nothing else of the run stays in memory; its checkpoint is on disk.
                 del tuner, tuned
-            memory.free_unused_memory()
+                gc.collect()
             comfy.model_management.soft_empty_cache()
         tune.save_tuned_weights(tuned.video_unet, final_path, metadata)
         seconds = time.time() - started

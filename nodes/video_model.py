@@ -21,7 +21,7 @@ import comfy.patcher_extension
 import folder_paths
 
 from ..smooth_core import convert, inflate, invert, memory, sample
-from .common import CATEGORY, NODE_PREFIX, Progress, single_prompt, video_frames_latent
+from .common import CATEGORY, NODE_PREFIX, Progress, pixel_size, single_prompt, video_frames_latent
 
 # Tuned weights and tuning checkpoints: ComfyUI/models/smoothvideo/
 folder_paths.add_model_folder_path("smoothvideo", os.path.join(folder_paths.models_dir, "smoothvideo"))
@@ -269,7 +269,7 @@ def require_tuned_size(model, samples: torch.Tensor) -> None:
         pixels = "x".join(str(int(n) * 8) for n in tuned.split("x")[::-1])
         raise ValueError(
             f"DDIM Invert Video: this MODEL was tuned on {pixels} px frames (latents {tuned}) but the LATENT's "
-            f"frames are {samples.shape[-1] * 8}x{samples.shape[-2] * 8} px: select the frames at the size they were "
+            f"frames are {pixel_size(samples)}: select the frames at the size they were "
             "tuned on (Select Video Frames width/height), or tune on this size"
         )
 
@@ -324,12 +324,11 @@ class DDIMInvertVideo(io.ComfyNode):
         base = model.model
         x0 = base.latent_format.process_in(samples.float()).unsqueeze(0)
         progress = Progress(steps)
-        frames, size = samples.shape[0], f"{samples.shape[-1] * 8}x{samples.shape[-2] * 8} px"
         advice = (
             "inversion runs every frame through the UNet at once: use fewer frames or a lower resolution "
             "(Select Video Frames)"
         )
-        with memory.released_on_error(), memory.explain_out_of_memory(f"inverting {frames} frames of {size}", advice):
+        with memory.explain_out_of_memory(f"inverting {samples.shape[0]} frames of {pixel_size(samples)}", advice):
             noise_vp = invert.ddim_invert(
                 noise_predictor(model, context), x0, num_steps=steps, callback=lambda i, n, x: progress.step()
             )

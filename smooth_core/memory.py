@@ -2,8 +2,8 @@
 
 A Python exception keeps every frame it unwound alive through its traceback, and with them
 each tensor those frames held (activations, optimizer state): ComfyUI keeps the exception
-until it has reported the error. These helpers clear those frames' locals as the error leaves
-the block; the traceback's text (files, lines) stays for the report.
+until it has reported the error. `explain_out_of_memory` clears those frames' locals as the
+error leaves the block; the traceback's text (files, lines) stays for the report.
 """
 
 from __future__ import annotations
@@ -15,29 +15,13 @@ import traceback
 import torch
 
 
-def free_unused_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-@contextlib.contextmanager
-def released_on_error():
-    """Any exception (an error, an interrupt) leaving the block first clears the locals of the
-    frames it unwound below the block. Tensors held by the frame that holds the `with` are
-    that frame's to drop."""
-    try:
-        yield
-    except BaseException as error:
-        traceback.clear_frames(error.__traceback__)
-        raise
-
-
 @contextlib.contextmanager
 def explain_out_of_memory(what: str, advice: str):
-    """Turns a torch.OutOfMemoryError raised in the block into one that reads
-    "out of memory while <what>: <advice>", after the failed call's frames are cleared and
-    the CUDA cache emptied, so the memory is free while the error is reported."""
+    """Any exception (an error, an interrupt) leaving the block first clears the locals of the
+    frames it unwound below the block; tensors held by the frame that holds the `with` are that
+    frame's to drop. A torch.OutOfMemoryError is then re-raised as one that reads
+    "out of memory while <what>: <advice>", after the CUDA cache is emptied, so the memory is
+    free while the error is reported; every other exception is re-raised unchanged."""
     try:
         yield
     except torch.OutOfMemoryError as error:
@@ -45,5 +29,10 @@ def explain_out_of_memory(what: str, advice: str):
         # dropping the name, is what frees their tensors.
         traceback.clear_frames(error.__traceback__)
         del error
-        free_unused_memory()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         raise torch.OutOfMemoryError(f"out of memory while {what}: {advice}") from None
+    except BaseException as error:
+        traceback.clear_frames(error.__traceback__)
+        raise

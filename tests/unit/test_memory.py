@@ -7,7 +7,7 @@ import weakref
 import pytest
 import torch
 
-from smooth_core.memory import explain_out_of_memory, released_on_error
+from smooth_core.memory import explain_out_of_memory
 
 
 def failing_work(kept: list, error: BaseException):
@@ -55,10 +55,10 @@ class Interrupted(Exception):
 
 
 @pytest.mark.parametrize("error", [Interrupted(), KeyboardInterrupt(), RuntimeError("NaN loss")])
-def test_released_on_error_frees_the_failed_call_and_reraises_the_same_error(error):
+def test_any_other_error_frees_the_failed_call_and_is_reraised_as_it_was(error):
     kept = []
     with pytest.raises(type(error)) as info:
-        with released_on_error():
+        with explain_out_of_memory("tuning", "fewer frames"):
             failing_work(kept, error)
     assert info.value is error
     assert kept[0]() is None
