@@ -57,9 +57,9 @@ def base_metadata(model, latents: torch.Tensor, text: torch.Tensor) -> dict[str,
     }
 
 
-def forked_adapter(adapter: VideoUNetAdapter, device: torch.device | None = None) -> VideoUNetAdapter:
-    """A new adapter whose UNet shares the frozen weights and owns float32 trainables, on
-    `device` (default: where it is), with every tensor usable by autograd.
+def forked_adapter(adapter: VideoUNetAdapter) -> VideoUNetAdapter:
+    """A new adapter whose UNet shares the frozen weights and owns float32 trainables, with
+    every tensor usable by autograd.
 
     ComfyUI runs nodes, and moves models between devices, in inference mode; tensors made
     there (a fork's copies, or weights ComfyUI moved to the GPU for sampling) cannot be
@@ -69,8 +69,6 @@ def forked_adapter(adapter: VideoUNetAdapter, device: torch.device | None = None
         video_unet = adapter.video_unet.fork()
         for p in video_unet.trainable_parameters():
             p.data = p.data.float()
-        if device is not None:
-            video_unet.to(device)
         for tensor in itertools.chain(video_unet.parameters(), video_unet.buffers()):
             if tensor.is_inference():
                 tensor.data = tensor.data.clone()
@@ -137,19 +135,13 @@ class OneShotTune(io.ComfyNode):
                         attention=adapter.attention)
 
         comfy.model_management.unload_all_models()
-        tuned = forked_adapter(adapter, comfy.model_management.get_torch_device())
-        tuner = tune.Tuner(tuned.video_unet, latents, text, config)
-        with torch.inference_mode(False):  # loaded optimizer state is updated in place later
-            history = resume_if_possible(tuner, checkpoint_path, metadata)
-        first_step = tuner.steps_done
+        # The fork shares the inflated model's frozen weights, which stay where ComfyUI keeps them:
+        # tuning runs on copies on the GPU in the autocast dtype (VideoUNet.placed).
+        tuned = forked_adapter(adapter)
+        device = comfy.model_management.get_torch_device()
         progress = Progress(steps)
-        progress.bar.update_absolute(first_step)
-
-        def after_step(record: tune.StepRecord) -> None:
-            history.append([record.total, record.mse, record.smooth])
-            if checkpoint_every and record.step % checkpoint_every == 0:
-                tune.save_checkpoint(tuner, checkpoint_path, {**metadata, "history": json.dumps(history)})
-            progress.step()
+        history: list[list] = []
+        first_step = 0
 
         advice = (
             "turn on gradient_checkpointing, or use fewer frames or a lower resolution (Select Video Frames). "
@@ -157,21 +149,33 @@ class OneShotTune(io.ComfyNode):
             "a re-run with the same settings resumes from it."
         )
         started = time.time()
-        finished = False
+        tuner = None
         try:
-            with memory.explain_out_of_memory(f"tuning {latents.shape[1]} frames of {pixel_size(samples)}", advice):
+            with tuned.video_unet.placed(device, tune.matmul_dtype(config.mixed_precision, device)), \
+                    memory.explain_out_of_memory(f"tuning {latents.shape[1]} frames of {pixel_size(samples)}", advice):
+                tuner = tune.Tuner(tuned.video_unet, latents, text, config)
+                with torch.inference_mode(False):  # loaded optimizer state is updated in place later
+                    history = resume_if_possible(tuner, checkpoint_path, metadata)
+                first_step = tuner.steps_done
+                progress.bar.update_absolute(first_step)
+
+                def after_step(record: tune.StepRecord) -> None:
+                    history.append([record.total, record.mse, record.smooth])
+                    if checkpoint_every and record.step % checkpoint_every == 0:
+                        tune.save_checkpoint(tuner, checkpoint_path, {**metadata, "history": json.dumps(history)})
+                    progress.step()
+
                 tuner.run(callback=after_step)
-            finished = True
+        except BaseException:
+            # Failed or interrupted: nothing of the run stays in memory; its checkpoint is on disk.
+            del tuner, tuned
+            gc.collect()
+            raise
         finally:
-            # The fork's frozen weights are the inflated model's own Parameters, moved here for
-            # tuning: back to where ComfyUI keeps them, also when the run failed.
-            tuned.video_unet.requires_grad_(False).eval()
-            tuned.video_unet.to(comfy.model_management.unet_offload_device())
-            if not finished:
-                # Failed or interrupted: nothing else of the run stays in memory; its checkpoint is on disk.
-                del tuner, tuned
-                gc.collect()
+            # The GPU copies went with the placement; the optimizer state goes with the tuner.
+            tuner = None
             comfy.model_management.soft_empty_cache()
+        tuned.video_unet.requires_grad_(False).eval()
         tune.save_tuned_weights(tuned.video_unet, final_path, metadata)
         seconds = time.time() - started
         ran = max(steps - first_step, 0)

@@ -24,8 +24,9 @@ object per inflated UNet tells the processors and hooks how many frames the batc
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,10 @@ __all__ = [
 
 ATTENTION_MODES = ("sparse_causal", "cross_frame")
 TEMPORAL_INIT_SEED = 2023
+
+# Layers whose weights autocast casts to its lower precision at every call (linear and the
+# convolutions are on both the CUDA and the CPU lists); `VideoUNet.placed` holds them in it.
+_MATMUL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 @dataclass
@@ -298,6 +303,59 @@ class VideoUNet(nn.Module):
         trainable = {id(p) for p in self.trainable_parameters()}
         shared = {id(t): t for t in [*self.parameters(), *self.buffers()] if id(t) not in trainable}
         return copy.deepcopy(self, memo=shared)
+
+    @contextlib.contextmanager
+    def placed(self, device: torch.device | str, matmul_dtype: torch.dtype | None = None) -> Iterator["VideoUNet"]:
+        """Within the block, the whole model is on `device`, for tuning there.
+
+        The trainable parameters (this module's own: a fork's) move to `device` and back on
+        exit. Every other tensor is left where it is, untouched, and a copy on `device`
+        stands in for it inside the block: the originals may be shared with the model this
+        one was forked from (ComfyUI's, on its offload device), which must not move or change.
+        The frozen weights and biases of linear and convolution layers are copied in
+        `matmul_dtype` (the autocast dtype: bf16 under the Tuner's "auto" on a GPU), the
+        rest (norms, buffers) in their own dtype. Autocast would otherwise cast every frozen
+        weight again at each forward and keep the casts alive for the backward pass (~1.6 GB
+        at SD1.5 size); holding them in the dtype autocast casts to gives the same numbers
+        without either. A tensor already on `device` in its target dtype is used as it is.
+
+        Use a Tuner made inside the block only inside it: on exit the copies are dropped and
+        the trainables are back where they were.
+        """
+        device = torch.device(device)
+        trainable = {id(p): p for p in self.trainable_parameters()} if self.has_temporal else {}
+        moved: list[tuple[nn.Parameter, torch.device]] = []
+        swapped: list[tuple[dict, str, torch.Tensor]] = []
+        copies: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+        try:
+            with torch.inference_mode(False), torch.no_grad():
+                for p in trainable.values():
+                    if p.device != device:
+                        moved.append((p, p.device))
+                        p.data = p.data.to(device)
+                for module in self.modules():
+                    lower = matmul_dtype if isinstance(module, _MATMUL_LAYERS) else None
+                    for store in (module._parameters, module._buffers):
+                        for name, tensor in list(store.items()):
+                            if tensor is None or id(tensor) in trainable:
+                                continue
+                            dtype = lower if lower is not None and tensor.is_floating_point() else tensor.dtype
+                            if tensor.device == device and tensor.dtype == dtype:
+                                continue
+                            key = (id(tensor), dtype)
+                            if key not in copies:  # a tensor shared by two layers stays shared
+                                data = tensor.detach().to(device, dtype, copy=True)
+                                copies[key] = nn.Parameter(data, False) if isinstance(tensor, nn.Parameter) else data
+                            swapped.append((store, name, tensor))
+                            store[name] = copies[key]
+            yield self
+        finally:
+            for store, name, original in reversed(swapped):
+                store[name] = original
+            copies.clear()
+            with torch.inference_mode(False), torch.no_grad():
+                for p, where in moved:
+                    p.data = p.data.to(where)
 
     def enable_gradient_checkpointing(self) -> None:
         """diffusers' checkpointing calls each block as a module, so the temporal hook is recomputed too."""

@@ -34,6 +34,7 @@ __all__ = [
     "Tuner",
     "load_checkpoint",
     "load_tuned_weights",
+    "matmul_dtype",
     "save_checkpoint",
     "save_tuned_weights",
 ]
@@ -159,7 +160,9 @@ class Tuner:
         video_unet: an inflated UNet (`inflate.inflate_unet`). Its trainable set
             (`trainable_parameters()`) is marked trainable and optimised; everything else is
             frozen. Trainable parameters must be float32 (the optimizer's master weights);
-            with mixed precision the frozen ones may be half precision.
+            with mixed precision the frozen ones may be half precision, and are best held in
+            the autocast dtype: build the Tuner inside
+            `video_unet.placed(device, matmul_dtype(config.mixed_precision, device))`.
         latents: (b, f, c, h, w) CLEAN latents already multiplied by the VAE scale factor
             (0.18215 for SD1.x). Whether they are a sample of the VAE posterior (as the
             published code) or its mean is the caller's choice; they stay fixed for the run.
@@ -541,6 +544,15 @@ def _scalar_from_json(value):
     if isinstance(value, dict) and "tensor" in value:
         return torch.tensor(value["value"], dtype=getattr(torch, value["tensor"]))
     return value
+
+
+def matmul_dtype(mixed_precision: str, device: torch.device | str) -> torch.dtype | None:
+    """The dtype a Tuner with this mixed_precision runs matmuls and convolutions in on `device`
+    (None: float32, no autocast): the dtype to hold the frozen weights in (`VideoUNet.placed`)."""
+    if mixed_precision not in MIXED_PRECISION:
+        raise ValueError(f"unknown mixed_precision {mixed_precision!r}; choose one of {', '.join(MIXED_PRECISION)}")
+    precision = _resolve_precision(mixed_precision, torch.device(device))
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
 
 def _resolve_precision(requested: str, device: torch.device) -> str:

@@ -1,6 +1,7 @@
 """One-shot tuning (Eq. 4) on a tiny inflated UNet: a hand-written reference step, resume
 exactness, the frozen set, checkpoints and the errors a user meets."""
 
+import contextlib
 import math
 import os
 
@@ -237,6 +238,106 @@ def test_tunes_inside_inference_mode_as_comfyui_runs_nodes(base_weights):
 def test_auto_precision_is_none_on_cpu(base_weights):
     tuner = Tuner(video_unet_from(base_weights), toy_video(4), text_embeds(), TuneConfig())
     assert tuner.precision == "no"
+
+
+# ---------------------------------------------------------------- frozen weights placed in the autocast dtype
+
+
+def frozen_matmul_weights(video_unet):
+    """name -> tensor of the frozen weights of linear and convolution layers."""
+    trainable = {id(p) for p in video_unet.trainable_parameters()}
+    layers = (torch.nn.Linear, torch.nn.Conv2d)
+    return {f"{m_name}.{n}": p for m_name, m in video_unet.unet.named_modules() if isinstance(m, layers)
+            for n, p in m.named_parameters(recurse=False) if id(p) not in trainable}
+
+
+def test_frozen_weights_placed_in_bf16_give_autocast_steps(base_weights):
+    """bf16 autocast casts every frozen weight to bf16 at each call; copies made once in bf16
+    are the same numbers, so three steps give the same losses and weights."""
+    runs = []
+    for placed in (False, True):
+        video_unet = video_unet_from(base_weights)
+        config = TuneConfig(steps=3, learning_rate=1e-3, mixed_precision="bf16")
+        placement = video_unet.placed("cpu", tune.matmul_dtype("bf16", "cpu")) if placed else contextlib.nullcontext()
+        with placement:
+            records = Tuner(video_unet, toy_video(4), text_embeds(), config).run()
+        runs.append(([r.total for r in records], trainables(video_unet)))
+    (autocast_losses, autocast_weights), (placed_losses, placed_weights) = runs
+    assert placed_losses == pytest.approx(autocast_losses, rel=1e-5)
+    for k in autocast_weights:
+        torch.testing.assert_close(placed_weights[k], autocast_weights[k], rtol=1e-4, atol=1e-7)
+
+
+def test_placed_copies_leave_the_shared_originals_alone(base_weights):
+    """A fork shares its frozen weights with the model it came from: tuning it placed in bf16
+    changes neither their dtype, nor their values, nor which tensors the fork holds after."""
+    original = video_unet_from(base_weights)
+    fork = original.fork()
+    frozen = frozen_matmul_weights(fork)
+    values = {k: v.detach().clone() for k, v in frozen.items()}
+    norms = {k: p for k, p in fork.unet.named_parameters() if ".norm" in k and "norm_temp" not in k}
+    trainable_ids = [id(p) for p in fork.trainable_parameters()]
+    with fork.placed("cpu", torch.bfloat16):
+        inside = frozen_matmul_weights(fork)
+        assert all(inside[k].dtype == torch.bfloat16 and inside[k] is not frozen[k] for k in frozen)
+        assert all(not p.requires_grad for p in inside.values())
+        # Norms (autocast runs them in float32) and the trainables are used as they are.
+        assert all(dict(fork.unet.named_parameters())[k] is p for k, p in norms.items())
+        assert [id(p) for p in fork.trainable_parameters()] == trainable_ids
+        assert all(p.dtype == torch.float32 for p in fork.trainable_parameters())
+        Tuner(fork, toy_video(4), text_embeds(), TuneConfig(steps=2, learning_rate=1e-3, mixed_precision="bf16")).run()
+    after = frozen_matmul_weights(fork)
+    assert all(after[k] is frozen[k] for k in frozen)
+    assert all(frozen[k].dtype == torch.float32 and torch.equal(frozen[k], values[k]) for k in frozen)
+    shared = dict(original.unet.named_parameters())
+    assert all(shared[k] is frozen[k] for k in frozen)
+    assert any(not torch.equal(p, q) for p, q in zip(fork.trainable_parameters(), original.trainable_parameters()))
+
+
+def test_placed_restores_the_originals_when_the_block_fails(base_weights):
+    video_unet = video_unet_from(base_weights)
+    frozen = frozen_matmul_weights(video_unet)
+    with pytest.raises(RuntimeError, match="stop"):
+        with video_unet.placed("cpu", torch.bfloat16):
+            raise RuntimeError("stop")
+    after = frozen_matmul_weights(video_unet)
+    assert all(after[k] is frozen[k] and after[k].dtype == torch.float32 for k in frozen)
+
+
+def weight_copies_saved_for_backward(video_unet, placed):
+    """How many tensors autograd saves in one bf16 tuning step that are copies of frozen
+    weights: equal to a frozen matmul weight (or its transpose) in bf16, in storage that is
+    no parameter's."""
+    weights = [w.detach().to(torch.bfloat16) for w in frozen_matmul_weights(video_unet).values()]
+    weights += [w.t() for w in weights if w.dim() == 2]
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor)
+        return tensor
+
+    placement = video_unet.placed("cpu", torch.bfloat16) if placed else contextlib.nullcontext()
+    with placement:
+        tuner = Tuner(video_unet, toy_video(4), text_embeds(), TuneConfig(mixed_precision="bf16"))
+        storages = {p.untyped_storage().data_ptr() for p in video_unet.parameters()}
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            tuner.step()
+    copies = [t for t in saved if t.dtype == torch.bfloat16 and t.untyped_storage().data_ptr() not in storages]
+    return sum(1 for t in copies if any(t.shape == w.shape and torch.equal(t, w) for w in weights))
+
+
+def test_placed_frozen_weights_are_not_copied_again_for_the_backward(base_weights):
+    assert weight_copies_saved_for_backward(video_unet_from(base_weights), placed=False) > 20  # the control
+    assert weight_copies_saved_for_backward(video_unet_from(base_weights), placed=True) == 0
+
+
+def test_matmul_dtype_follows_mixed_precision():
+    assert tune.matmul_dtype("bf16", "cpu") == torch.bfloat16
+    assert tune.matmul_dtype("fp16", "cpu") == torch.float16
+    assert tune.matmul_dtype("no", "cpu") is None
+    assert tune.matmul_dtype("auto", "cpu") is None  # auto is float32 on a CPU
+    with pytest.raises(ValueError, match="choose one of"):
+        tune.matmul_dtype("bf32", "cpu")
 
 
 # ---------------------------------------------------------------- failures and cancel
