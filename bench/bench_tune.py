@@ -9,9 +9,14 @@ the one-level, 320-channel UNet of the project's tiny test checkpoint. Prints on
 row for bench/RESULTS.md: seconds per step (median of --steps after --warmup), peak GPU
 memory, and the smooth loss's overhead over a plain MSE step (lambda2 = 0.2 vs 0, same run).
 
-Optimisation variants, for before/after rows from one run of bench/run_gpu.sh:
-  --frozen-dtype bf16   the frozen weights held in bf16 (the trainables stay float32 master
-                        weights): no per-step autocast copies of ~800M frozen weights
+The model starts as the One-shot Tune node finds it: frozen weights in --weights-dtype (fp16,
+ComfyUI's dtype for SD1.5 on a GPU; float32 on a CPU) on the CPU, float32 trainables.
+
+Optimisation variants, for before/after rows on one card (bench/run_gpu.sh):
+  --frozen placed       (default, the node's path) VideoUNet.placed: the frozen weights copied
+                        to the device in the autocast dtype, once
+  --frozen autocast     (before) the whole model moved to the device as it is; bf16 autocast
+                        casts every frozen weight at each forward and keeps the casts for backward
   --channels-last       the UNet's weights and activations in channels-last memory format
   --compile             torch.compile of the UNet's forward (the compile time is printed apart)
 """
@@ -19,6 +24,7 @@ Optimisation variants, for before/after rows from one run of bench/run_gpu.sh:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import pathlib
 import platform
@@ -69,7 +75,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--mixed-precision", default="auto")
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--frozen-dtype", choices=("float32", "bf16"), default="float32")
+    parser.add_argument("--weights-dtype", choices=("fp16", "float32"), default=None,
+                        help="the frozen weights' dtype before tuning (default: fp16 on cuda, float32 on cpu)")
+    parser.add_argument("--frozen", choices=("placed", "autocast"), default="placed")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--warmup", type=int, default=2)
@@ -78,44 +86,54 @@ def main() -> None:
 
     torch.manual_seed(0)
     device = torch.device(options.device)
-    unet = UNet2DConditionModel(**(SD15 if options.model == "sd15" else TINY)).to(device)
-    video_unet = inflate.inflate_unet(unet)
-    variants = []
-    if options.frozen_dtype == "bf16":
-        trainable = {id(p) for p in video_unet.trainable_parameters()}
-        for p in video_unet.parameters():
-            if id(p) not in trainable:
-                p.data = p.data.to(torch.bfloat16)
-        variants.append("frozen bf16")
+    weights_dtype = options.weights_dtype or ("fp16" if device.type == "cuda" else "float32")
+    video_unet = inflate.inflate_unet(UNet2DConditionModel(**(SD15 if options.model == "sd15" else TINY)))
+    trainable = {id(p) for p in video_unet.trainable_parameters()}
+    for p in video_unet.parameters():
+        if id(p) not in trainable:
+            p.data = p.data.to(torch.float16 if weights_dtype == "fp16" else torch.float32)
+    matmul_dtype = tune.matmul_dtype(options.mixed_precision, device)
+    if matmul_dtype is None:
+        variants = [f"frozen {weights_dtype}"]
+    elif options.frozen == "placed":
+        variants = [f"frozen {weights_dtype} placed in {str(matmul_dtype).removeprefix('torch.')}"]
+    else:
+        variants = [f"frozen {weights_dtype} moved, cast by autocast at each forward"]
     if options.channels_last:
         video_unet.unet.to(memory_format=torch.channels_last)
         variants.append("channels-last")
     if options.compile:
         video_unet.unet.forward = torch.compile(video_unet.unet.forward)
         variants.append("torch.compile")
+    if options.frozen == "placed":
+        placement = video_unet.placed(device, matmul_dtype)
+    else:
+        video_unet.to(device)
+        placement = contextlib.nullcontext()
     latent = options.size // 8
     latents = torch.randn(1, options.frames, 4, latent, latent, device=device)
     text = torch.randn(1, 77, 768, device=device)
     results = {}
     compile_seconds = None
-    for lambda2 in (0.0, 0.2):
-        config = tune.TuneConfig(
-            steps=10**6, learning_rate=3e-5, lambda2=lambda2, mixed_precision=options.mixed_precision,
-            gradient_checkpointing=options.gradient_checkpointing,
-        )
-        tuner = tune.Tuner(video_unet, latents, text, config)
-        if options.compile and compile_seconds is None:
-            started = time.perf_counter()
-            tuner.step()  # compiles (the first call at these shapes)
+    with placement:
+        for lambda2 in (0.0, 0.2):
+            config = tune.TuneConfig(
+                steps=10**6, learning_rate=3e-5, lambda2=lambda2, mixed_precision=options.mixed_precision,
+                gradient_checkpointing=options.gradient_checkpointing,
+            )
+            tuner = tune.Tuner(video_unet, latents, text, config)
+            if options.compile and compile_seconds is None:
+                started = time.perf_counter()
+                tuner.step()  # compiles (the first call at these shapes)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                compile_seconds = time.perf_counter() - started
             if device.type == "cuda":
-                torch.cuda.synchronize()
-            compile_seconds = time.perf_counter() - started
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        results[lambda2] = seconds_per_step(tuner, options.warmup, options.steps, device.type)
-        peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.type == "cuda" else "n/a"
-        precision = tuner.precision
-        del tuner
+                torch.cuda.reset_peak_memory_stats()
+            results[lambda2] = seconds_per_step(tuner, options.warmup, options.steps, device.type)
+            peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.type == "cuda" else "n/a"
+            precision = tuner.precision
+            del tuner
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
     params = sum(p.numel() for p in video_unet.parameters()) / 1e6
     mode = ("grad. checkpointing" if options.gradient_checkpointing else "default") + f", precision {precision}"

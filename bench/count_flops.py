@@ -306,18 +306,18 @@ def cuda_bf16_autocast_like():
 
     try:
         for name in _LOWER:
-            setattr(functional, name, wrap(originals[name], torch.float32, torch.bfloat16))
+            setattr(functional, name, wrap(originals[name], (torch.float32, torch.float16), torch.bfloat16))
         for name in _FP32:
-            setattr(functional, name, wrap(originals[name], torch.bfloat16, torch.float32))
+            setattr(functional, name, wrap(originals[name], (torch.bfloat16, torch.float16), torch.float32))
         yield
     finally:
         for name, fn in originals.items():
             setattr(functional, name, fn)
 
 
-def _cast_floats(args, kwargs, source, target):
+def _cast_floats(args, kwargs, sources, target):
     def cast(x):
-        return x.to(target) if isinstance(x, torch.Tensor) and x.dtype == source else x
+        return x.to(target) if isinstance(x, torch.Tensor) and x.dtype in sources else x
 
     return (torch.utils._pytree.tree_map(cast, args), torch.utils._pytree.tree_map(cast, kwargs))
 
@@ -351,15 +351,37 @@ def frozen_aware_mem_tracker():
     return Tracker()
 
 
-def estimate_memory(config: dict, frames: int, size: int, checkpointing: bool, precision: str, kernel: str) -> dict:
+# --memory-precision modes: (label, precision, frozen weights). "placed": VideoUNet.placed in
+# bf16, as One-shot Tune runs on a GPU; "fp16" / "fp32": the frozen weights in that dtype on the
+# device and cast by autocast at every forward (the node before placement held ComfyUI's fp16
+# weights that way; the fp32 rows are what a float32 model gets).
+MEMORY_MODES = {
+    "bf16": ("bf16 autocast, frozen weights placed in bf16 (One-shot Tune)", "bf16", "placed"),
+    "bf16-fp16": ("bf16 autocast, frozen fp16 weights cast at each forward", "bf16", "fp16"),
+    "bf16-fp32": ("bf16 autocast, frozen float32 weights cast at each forward", "bf16", "fp32"),
+    "fp32": ("float32", "fp32", "fp32"),
+}
+
+
+def estimate_memory(config: dict, frames: int, size: int, checkpointing: bool, mode: str, kernel: str) -> dict:
     """Peak live tensor bytes of the second tuning step (AdamW state already allocated), by
-    MemTracker category, on fake tensors. precision: "fp32" (mixed_precision "no") or "bf16"
-    (CUDA bf16 autocast's policy over the forward pass and the loss, as the Tuner's "auto")."""
+    MemTracker category, on fake tensors. mode: a key of MEMORY_MODES; "bf16" precision is
+    CUDA bf16 autocast's policy over the forward pass and the loss, as the Tuner's "auto"."""
+    _, precision, frozen = MEMORY_MODES[mode]
     model = build_model(config, fake=True)
-    with fake_modes(True):
+    with fake_modes(True), contextlib.ExitStack() as stack:
         materialize(model, True)
         latents, text = inputs(config, frames, size)
+        # Built while every weight is float32: the Tuner runs with mixed_precision "no" and the
+        # policy below stands in for CUDA autocast (a Tuner refuses half weights without autocast).
         tuner = tune.Tuner(model, latents, text, tune_config(checkpointing))
+        if frozen == "fp16":
+            trainable = {id(p) for p in model.trainable_parameters()}
+            for p in model.parameters():
+                if id(p) not in trainable:
+                    p.data = p.data.half()
+        elif frozen == "placed":
+            stack.enter_context(model.placed("cpu", torch.bfloat16))
         policy = cuda_bf16_autocast_like() if precision == "bf16" else contextlib.nullcontext()
         with sdpa_context(kernel), policy:
             tuner.step()  # allocates the AdamW state
@@ -469,7 +491,8 @@ def main() -> None:
     parser.add_argument("--videos", default="8x256,24x512", help="comma-separated FRAMESxPIXELS")
     parser.add_argument("--reference", action="store_true", help="also count the issue's plain 2D UNet reference")
     parser.add_argument("--memory", action="store_true", help="also estimate the tuning step's peak memory")
-    parser.add_argument("--memory-precision", default="bf16,fp32", help="comma-separated: bf16 (the GPU default), fp32")
+    parser.add_argument("--memory-precision", default="bf16,bf16-fp16,bf16-fp32,fp32",
+                        help="comma-separated modes: " + "; ".join(f"{k}: {v[0]}" for k, v in MEMORY_MODES.items()))
     parser.add_argument("--memory-sdpa", choices=("flash", "math"), default="flash",
                         help="attention kernel of the memory estimate: fused (flash-style) or math (materialises the scores)")
     parser.add_argument("--check", action="store_true",
@@ -556,7 +579,7 @@ def main() -> None:
                           f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
                     gib = {k: f"{v / 2**30:.2f}" for k, v in m.items()}
                     mode = "grad. checkpointing" if checkpointing else "default"
-                    label = "bf16 autocast (CUDA policy)" if precision == "bf16" else "float32"
+                    label = MEMORY_MODES[precision][0]
                     print(f"| {frames} x {size} px | {label} | {mode} | {gib['Parameter']} | {gib['Optstate']} | "
                           f"{gib['Gradient']} | {gib['Activation']} | {gib['Temp']} | {gib['Total']} |", flush=True)
 

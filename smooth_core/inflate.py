@@ -312,11 +312,12 @@ class VideoUNet(nn.Module):
         exit. Every other tensor is left where it is, untouched, and a copy on `device`
         stands in for it inside the block: the originals may be shared with the model this
         one was forked from (ComfyUI's, on its offload device), which must not move or change.
-        The frozen weights and biases of linear and convolution layers are copied in
-        `matmul_dtype` (the autocast dtype: bf16 under the Tuner's "auto" on a GPU), the
-        rest (norms, buffers) in their own dtype. Autocast would otherwise cast every frozen
-        weight again at each forward and keep the casts alive for the backward pass (~1.6 GB
-        at SD1.5 size); holding them in the dtype autocast casts to gives the same numbers
+        With a `matmul_dtype` (the autocast dtype: bf16 under the Tuner's "auto" on a GPU),
+        the frozen weights and biases of linear and convolution layers are copied in it and
+        the other floating tensors (norms) in float32, the dtypes autocast casts them to at
+        every call; without one, every tensor keeps its dtype. Autocast would otherwise cast
+        every frozen weight again at each forward and keep the casts alive for the backward
+        pass (~1.6 GB at SD1.5 size); held in those dtypes they give the same numbers
         without either. A tensor already on `device` in its target dtype is used as it is.
 
         Use a Tuner made inside the block only inside it: on exit the copies are dropped and
@@ -334,12 +335,14 @@ class VideoUNet(nn.Module):
                         moved.append((p, p.device))
                         p.data = p.data.to(device)
                 for module in self.modules():
-                    lower = matmul_dtype if isinstance(module, _MATMUL_LAYERS) else None
+                    # Under autocast the norms run in float32 (CUDA casts their weights to it).
+                    target = matmul_dtype if isinstance(module, _MATMUL_LAYERS) else torch.float32
                     for store in (module._parameters, module._buffers):
                         for name, tensor in list(store.items()):
                             if tensor is None or id(tensor) in trainable:
                                 continue
-                            dtype = lower if lower is not None and tensor.is_floating_point() else tensor.dtype
+                            lowered = matmul_dtype is not None and tensor.is_floating_point()
+                            dtype = target if lowered else tensor.dtype
                             if tensor.device == device and tensor.dtype == dtype:
                                 continue
                             key = (id(tensor), dtype)

@@ -294,6 +294,26 @@ def test_placed_copies_leave_the_shared_originals_alone(base_weights):
     assert any(not torch.equal(p, q) for p, q in zip(fork.trainable_parameters(), original.trainable_parameters()))
 
 
+def test_half_precision_originals_tune_placed_with_float32_norms(base_weights):
+    """ComfyUI holds SD1.5 in fp16 on a GPU: placed for bf16, the matmul weights become bf16
+    and the norms float32 (what autocast computes them in), and the fp16 originals stay."""
+    video_unet = video_unet_from(base_weights)
+    trainable = {id(p) for p in video_unet.trainable_parameters()}
+    frozen = {k: p for k, p in video_unet.unet.named_parameters() if id(p) not in trainable}
+    for p in frozen.values():
+        p.data = p.data.half()
+    matmul = frozen_matmul_weights(video_unet)
+    with video_unet.placed("cpu", torch.bfloat16):
+        inside = {k: p for k, p in video_unet.unet.named_parameters() if k in frozen}
+        assert {k for k, p in inside.items() if p.dtype == torch.bfloat16} == matmul.keys()
+        assert all(p.dtype == torch.float32 for k, p in inside.items() if k not in matmul)
+        records = Tuner(video_unet, toy_video(4), text_embeds(),
+                        TuneConfig(steps=2, learning_rate=1e-3, mixed_precision="bf16")).run()
+    assert all(math.isfinite(r.total) for r in records)
+    after = dict(video_unet.unet.named_parameters())
+    assert all(after[k] is p and p.dtype == torch.float16 for k, p in frozen.items())
+
+
 def test_placed_restores_the_originals_when_the_block_fails(base_weights):
     video_unet = video_unet_from(base_weights)
     frozen = frozen_matmul_weights(video_unet)
