@@ -19,7 +19,7 @@ import folder_paths
 from ..smooth_core import convert, losses, memory, tune
 from .common import CATEGORY, NODE_PREFIX, Progress, pixel_size, single_prompt, video_frames_latent
 from .plot import loss_curve_image
-from .video_model import VideoUNetAdapter, require_sd1_eps, source_unet, video_adapter
+from .video_model import VideoUNetAdapter, require_sd15_schedule, require_sd1_eps, source_unet, video_adapter
 
 WEIGHTS_SUFFIX = ".safetensors"
 CHECKPOINT_SUFFIX = ".checkpoint.safetensors"
@@ -114,6 +114,7 @@ class OneShotTune(io.ComfyNode):
                 checkpoint_every, save_name, gradient_checkpointing) -> io.NodeOutput:
         adapter = require_video_model(model, "One-shot Tune")
         require_sd1_eps(model)
+        require_sd15_schedule(model, "One-shot Tune")
         if not adapter.video_unet.has_temporal:
             raise ValueError(
                 "One-shot Tune: this video MODEL comes from Cross-frame Attention (training-free, no temporal "

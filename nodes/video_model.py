@@ -20,7 +20,7 @@ import comfy.model_sampling
 import comfy.patcher_extension
 import folder_paths
 
-from ..smooth_core import convert, inflate, invert, memory, sample
+from ..smooth_core import convert, inflate, invert, memory, sample, schedule
 from .common import CATEGORY, NODE_PREFIX, Progress, pixel_size, single_prompt, video_frames_latent
 
 # Tuned weights and tuning checkpoints: ComfyUI/models/smoothvideo/
@@ -148,6 +148,18 @@ def require_sd1_eps(model) -> None:
         raise ValueError(
             f"{name} is not an SD1.x UNet (SDXL, SD2 and flow models are not supported yet): "
             "use an SD1.5 or InstructPix2Pix checkpoint"
+        )
+
+
+def require_sd15_schedule(model, node: str) -> None:
+    """Tuning draws its noise from, and DDIM inversion steps along, SD1.5's schedule: a MODEL
+    whose sigmas differ (ModelSamplingDiscrete with zsnr on) would mix two schedules."""
+    sigmas = model.get_model_object("model_sampling").sigmas.detach().cpu().double()
+    expected = schedule.alpha_bar_to_sigma(schedule.sd15_alphas_cumprod())
+    if sigmas.shape != expected.shape or not torch.allclose(sigmas, expected, rtol=1e-3, atol=0):
+        raise ValueError(
+            f"{node}: this MODEL's noise schedule is not SD1.5's (zero terminal SNR, zsnr, from a ModelSamplingDiscrete "
+            "node?), but tuning and DDIM inversion follow SD1.5's: remove that node or set zsnr off"
         )
 
 
@@ -318,6 +330,7 @@ class DDIMInvertVideo(io.ComfyNode):
     @classmethod
     def execute(cls, model, latent, conditioning, steps) -> io.NodeOutput:
         require_sd1_eps(model)
+        require_sd15_schedule(model, "DDIM Invert Video")
         samples = video_frames_latent(latent, "DDIM Invert Video")
         context = single_prompt(conditioning, "DDIM Invert Video", "conditioning")
         require_tuned_size(model, samples)

@@ -209,3 +209,19 @@ def test_a_good_prompt_runs_after_the_bad_ones(server, sample_video):
     prompt["1"]["inputs"]["file"] = sample_video[0]
     score = node_output(server.run(prompt), "5")["vl_score"][0]
     assert -1.0 <= score <= 1.0
+
+
+def test_zero_terminal_snr_schedule_is_refused_by_tuning_and_inversion(server, sample_video):
+    """ModelSamplingDiscrete(eps, zsnr) keeps epsilon prediction but rescales the schedule;
+    tuning and inversion follow SD1.5's, so the mix is refused, not run."""
+    sampling = {"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "eps", "zsnr": True, "model": ["9", 0]}}
+    tune = tune_graph(sample_video[0])
+    tune["20"] = sampling
+    tune["10"]["inputs"]["model"] = ["20", 0]
+    message = "noise schedule is not SD1.5's.*set zsnr off"
+    assert history_error(server, tune, "One-shot Tune: this MODEL's " + message)["node_type"] == "SmoothVideo_OneShotTune"
+    invert = invert_graph(sample_video[0])
+    invert["20"] = sampling
+    invert["11"]["inputs"]["model"] = ["20", 0]
+    error = history_error(server, invert, "DDIM Invert Video: this MODEL's " + message)
+    assert error["node_type"] == "SmoothVideo_DDIMInvertVideo"
