@@ -45,12 +45,14 @@ def weights_path(save_name: str, suffix: str) -> str:
 
 
 def base_metadata(model, latents: torch.Tensor, text: torch.Tensor) -> dict[str, str]:
-    """What tuned weights and checkpoints are tied to: the base UNet, the frame count, the
-    latent size, and (for resuming) the exact video latents and prompt embedding."""
+    """What tuned weights and checkpoints are tied to: the base UNet and the LoRAs baked into the
+    video UNet, the frame count, the latent size, and (for resuming) the exact video latents and
+    prompt embedding."""
     content = hashlib.sha256(latents.float().cpu().numpy().tobytes())
     content.update(text.float().cpu().numpy().tobytes())
     return {
         "base_unet": convert.unet_fingerprint(source_unet(model).state_dict()),
+        "unet_patches": video_adapter(model).weight_patches,
         "frames": str(latents.shape[1]),
         "latent_size": f"{latents.shape[-2]}x{latents.shape[-1]}",
         "video_and_prompt": content.hexdigest()[:16],
@@ -72,7 +74,7 @@ def forked_adapter(adapter: VideoUNetAdapter) -> VideoUNetAdapter:
         for tensor in itertools.chain(video_unet.parameters(), video_unet.buffers()):
             if tensor.is_inference():
                 tensor.data = tensor.data.clone()
-    return VideoUNetAdapter(video_unet, adapter.attention, adapter.source[0])
+    return VideoUNetAdapter(video_unet, adapter.attention, adapter.source[0], adapter.chunk_size, adapter.weight_patches)
 
 
 class OneShotTune(io.ComfyNode):
@@ -230,7 +232,8 @@ def resume_if_possible(tuner: tune.Tuner, checkpoint_path: str, metadata: dict[s
     if not os.path.exists(checkpoint_path):
         return []
     state = tune.load_checkpoint(checkpoint_path)
-    saved = state["metadata"]
+    # Checkpoints from before LoRAs were recorded count as made without one.
+    saved = {"unet_patches": "none", **state["metadata"]}
     if any(saved.get(key) != value for key, value in metadata.items() if key != "steps"):
         return []
     try:
@@ -271,6 +274,18 @@ class LoadTunedVideoWeights(io.ComfyNode):
             raise ValueError(
                 f"{weights} was tuned from another base model (UNet {metadata.get('base_unet')}, this one is {base}): "
                 "load the checkpoint it was tuned from"
+            )
+        tuned_patches = metadata.get("unet_patches")  # absent in files from before LoRAs were recorded
+        if tuned_patches not in (None, adapter.weight_patches):
+            if tuned_patches == "none":
+                problem = "without LoRAs, but this MODEL has LoRAs (or other weight patches) baked in"
+            elif adapter.weight_patches == "none":
+                problem = "with LoRAs (or other weight patches), but this MODEL has none"
+            else:
+                problem = "with other LoRAs (or other strengths) than this MODEL's"
+            raise ValueError(
+                f"{weights} was tuned on this checkpoint {problem}: apply the same LoRAs, at the same strengths, "
+                "before Inflate UNet"
             )
         tuned = forked_adapter(adapter)
         tuned.video_unet.load_trainable_state_dict(state)

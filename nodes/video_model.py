@@ -8,6 +8,7 @@ and the original UNet stays untouched (and off the GPU) behind the patch.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 
@@ -52,11 +53,14 @@ class VideoUNetAdapter(torch.nn.Module):
     """
 
     def __init__(self, video_unet: inflate.VideoUNet, attention: str, source_unet: torch.nn.Module,
-                 chunk_size: int | None = None):
+                 chunk_size: int | None = None, weight_patches: str = "none"):
         super().__init__()
         self.video_unet = video_unet
         self.attention = attention
         self.chunk_size = chunk_size
+        # Fingerprint of the LoRAs / weight patches baked into the video UNet ("none": the
+        # checkpoint's own weights); tuned weights record it (patched_unet_weights).
+        self.weight_patches = weight_patches
         # "HxW" of the latents the weights were tuned on (One-shot Tune, Load Tuned Video Weights).
         self.tuned_latent_size: str | None = None
         # The 2D UNet it replaces, kept outside the module tree (it must not follow the adapter
@@ -195,19 +199,27 @@ class InflateUNet(io.ComfyNode):
 UNET_PREFIX = "diffusion_model."
 
 
-def patched_unet_weights(model) -> dict[str, torch.Tensor]:
+def patched_unet_weights(model) -> tuple[dict[str, torch.Tensor], str]:
     """The 2D UNet's weights as this MODEL samples with them: its weight patches (LoRAs, model
-    merges) applied to the original weights, whichever clone ComfyUI has loaded at the moment."""
+    merges) applied to the original weights, whichever clone ComfyUI has loaded at the moment;
+    and a fingerprint of the patched weights ("none" without patches), which tells apart
+    LoRAs, and strengths, that the base model's fingerprint cannot see."""
     # A loaded clone's patches sit in the shared UNet's tensors in place; unloading restores them.
     comfy.model_management.unload_all_models()
     weights = dict(source_unet(model).state_dict())
-    for key, patches in model.patches.items():
+    digest, patched_names = hashlib.sha256(), []
+    for key, patches in sorted(model.patches.items()):
         name = key[len(UNET_PREFIX):]
         if key.startswith(UNET_PREFIX) and name in weights:
             original = weights[name]
             patched = comfy.lora.calculate_weight(patches, original.to(torch.float32, copy=True), key)
             weights[name] = patched.to(original.dtype)
-    return weights
+            # A strided sample of each patched tensor: cheap at SD1.5 size, and any LoRA or
+            # strength changes it.
+            sample = weights[name].flatten()[:: max(1, patched.numel() // 4096)].to("cpu", torch.float32)
+            digest.update(name.encode() + sample.contiguous().numpy().tobytes())
+            patched_names.append(name)
+    return weights, digest.hexdigest()[:16] if patched_names else "none"
 
 
 def video_model(model, attention: str, temporal: bool, chunk_size: int | None = None):
@@ -220,7 +232,8 @@ def video_model(model, attention: str, temporal: bool, chunk_size: int | None = 
     # ComfyUI runs nodes in inference mode; tensors made there can never join autograd,
     # and One-shot Tune trains the inflated model.
     with torch.inference_mode(False):
-        unet, _ = convert.ldm_unet_to_diffusers(patched_unet_weights(model))
+        weights, weight_patches = patched_unet_weights(model)
+        unet, _ = convert.ldm_unet_to_diffusers(weights)
         video_unet = inflate.inflate_unet(unet, attention, temporal=temporal)
     video_unet.requires_grad_(False).eval()
     patched = model.clone()
@@ -230,7 +243,7 @@ def video_model(model, attention: str, temporal: bool, chunk_size: int | None = 
         del patched.patches[key]
     if baked:
         patched.patches_uuid = uuid.uuid4()
-    patched.add_object_patch("diffusion_model", VideoUNetAdapter(video_unet, attention, unet_2d, chunk_size))
+    patched.add_object_patch("diffusion_model", VideoUNetAdapter(video_unet, attention, unet_2d, chunk_size, weight_patches))
     patched.add_callback(comfy.patcher_extension.CallbacksMP.ON_LOAD, refuse_unet_patches)
     return patched
 

@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from comfy_host import ComfyError, node_output
+from graphs import invert_graph, tune_graph
 
 pytestmark = pytest.mark.integration
 CKPT = "smoothvideo_tiny_sd15.safetensors"
@@ -114,6 +115,33 @@ def test_a_lora_after_inflate_unet_names_the_fix(server, sample_video, lora):
     video = saved_latent(server, server.run(sampling_prompt(sample_video[0], "sparse_causal", True)), "20")
     plain = saved_latent(server, server.run(sampling_prompt(sample_video[0], None, True)), "20")
     assert torch.allclose(plain, video, atol=1e-4, rtol=1e-4)
+
+
+def test_tuned_weights_load_only_onto_the_loras_they_were_tuned_with(server, sample_video, lora):
+    """The base model's fingerprint cannot see a LoRA: the LoRAs baked in are recorded apart."""
+    def tuned(with_the_lora: bool) -> str:
+        prompt = tune_graph(sample_video[0])
+        if with_the_lora:
+            with_lora(prompt, lora)
+        server.run(prompt)
+        return prompt["10"]["inputs"]["save_name"] + ".safetensors"
+
+    def load_and_invert(weights: str, with_the_lora: bool, strength: float = 1.0) -> dict:
+        prompt = invert_graph(sample_video[0])
+        prompt["10"] = {"class_type": "SmoothVideo_LoadTunedVideoWeights", "inputs": {"model": ["9", 0], "weights": weights}}
+        prompt["11"]["inputs"]["model"] = ["10", 0]
+        return with_lora(prompt, lora, strength) if with_the_lora else prompt
+
+    lora_weights, plain_weights = tuned(True), tuned(False)
+    assert node_output(server.run(load_and_invert(lora_weights, True)), "12")["latents"]
+    assert node_output(server.run(load_and_invert(plain_weights, False)), "12")["latents"]
+    for weights, with_the_lora, strength, problem in [
+        (lora_weights, False, 1.0, "with LoRAs .* but this MODEL has none"),
+        (plain_weights, True, 1.0, "without LoRAs, but this MODEL has LoRAs"),
+        (lora_weights, True, 0.5, "with other LoRAs \\(or other strengths\\)"),
+    ]:
+        with pytest.raises(ComfyError, match=f"tuned on this checkpoint {problem}.*same strengths, before Inflate UNet"):
+            server.run(load_and_invert(weights, with_the_lora, strength))
 
 
 def test_inflating_twice_is_refused(server, sample_video):
