@@ -93,12 +93,10 @@ def main() -> None:
         if id(p) not in trainable:
             p.data = p.data.to(torch.float16 if weights_dtype == "fp16" else torch.float32)
     matmul_dtype = tune.matmul_dtype(options.mixed_precision, device)
-    if matmul_dtype is None:
-        variants = [f"frozen {weights_dtype}"]
-    elif options.frozen == "placed":
+    if options.frozen == "placed":
         variants = [f"frozen {weights_dtype} placed in {str(matmul_dtype).removeprefix('torch.')}"]
     else:
-        variants = [f"frozen {weights_dtype} moved, cast by autocast at each forward"]
+        variants = [f"frozen {weights_dtype} moved as it is (autocast casts it at each forward)"]
     if options.channels_last:
         video_unet.unet.to(memory_format=torch.channels_last)
         variants.append("channels-last")

@@ -312,10 +312,11 @@ class VideoUNet(nn.Module):
         exit. Every other tensor is left where it is, untouched, and a copy on `device`
         stands in for it inside the block: the originals may be shared with the model this
         one was forked from (ComfyUI's, on its offload device), which must not move or change.
-        With a `matmul_dtype` (the autocast dtype: bf16 under the Tuner's "auto" on a GPU),
-        the frozen weights and biases of linear and convolution layers are copied in it and
-        the other floating tensors (norms) in float32, the dtypes autocast casts them to at
-        every call; without one, every tensor keeps its dtype. Autocast would otherwise cast
+        With a `matmul_dtype` (`tune.matmul_dtype`: the autocast dtype, bf16 under the Tuner's
+        "auto" on a GPU; float32 without autocast), the frozen weights and biases of linear
+        and convolution layers are copied in it and the other floating tensors (norms) in
+        float32, the dtypes autocast casts them to at every call; without one, every tensor
+        keeps its dtype. Autocast would otherwise cast
         every frozen weight again at each forward and keep the casts alive for the backward
         pass (~1.6 GB at SD1.5 size); held in those dtypes they give the same numbers
         without either. A tensor already on `device` in its target dtype is used as it is.
@@ -341,8 +342,8 @@ class VideoUNet(nn.Module):
                         for name, tensor in list(store.items()):
                             if tensor is None or id(tensor) in trainable:
                                 continue
-                            lowered = matmul_dtype is not None and tensor.is_floating_point()
-                            dtype = target if lowered else tensor.dtype
+                            recast = matmul_dtype is not None and tensor.is_floating_point()
+                            dtype = target if recast else tensor.dtype
                             if tensor.device == device and tensor.dtype == dtype:
                                 continue
                             key = (id(tensor), dtype)

@@ -546,13 +546,15 @@ def _scalar_from_json(value):
     return value
 
 
-def matmul_dtype(mixed_precision: str, device: torch.device | str) -> torch.dtype | None:
+def matmul_dtype(mixed_precision: str, device: torch.device | str) -> torch.dtype:
     """The dtype a Tuner with this mixed_precision runs matmuls and convolutions in on `device`
-    (None: float32, no autocast): the dtype to hold the frozen weights in (`VideoUNet.placed`)."""
+    (float32 without autocast): the dtype to hold the frozen weights in (`VideoUNet.placed`).
+    Without autocast that turns half-precision weights (ComfyUI's on a GPU without bf16) into
+    the float32 ones the Tuner then needs."""
     if mixed_precision not in MIXED_PRECISION:
         raise ValueError(f"unknown mixed_precision {mixed_precision!r}; choose one of {', '.join(MIXED_PRECISION)}")
     precision = _resolve_precision(mixed_precision, torch.device(device))
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
 def _resolve_precision(requested: str, device: torch.device) -> str:

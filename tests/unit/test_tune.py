@@ -314,6 +314,24 @@ def test_half_precision_originals_tune_placed_with_float32_norms(base_weights):
     assert all(after[k] is p and p.dtype == torch.float16 for k, p in frozen.items())
 
 
+def test_half_precision_originals_tune_in_float32_without_autocast(base_weights):
+    """A GPU without bf16 ("auto" is then float32): ComfyUI's fp16 weights are placed as float32
+    copies, where the Tuner alone refuses half weights without autocast."""
+    video_unet = video_unet_from(base_weights)
+    trainable = {id(p) for p in video_unet.trainable_parameters()}
+    for p in video_unet.parameters():
+        if id(p) not in trainable:
+            p.data = p.data.half()
+    config = TuneConfig(steps=2, learning_rate=1e-3, mixed_precision="no")
+    with pytest.raises(ValueError, match="non-float32 weights"):
+        Tuner(video_unet, toy_video(4), text_embeds(), config)
+    with video_unet.placed("cpu", tune.matmul_dtype("no", "cpu")):
+        assert all(p.dtype == torch.float32 for p in video_unet.parameters())
+        records = Tuner(video_unet, toy_video(4), text_embeds(), config).run()
+    assert all(math.isfinite(r.total) for r in records)
+    assert all(p.dtype == torch.float16 for p in video_unet.parameters() if id(p) not in trainable)
+
+
 def test_placed_restores_the_originals_when_the_block_fails(base_weights):
     video_unet = video_unet_from(base_weights)
     frozen = frozen_matmul_weights(video_unet)
@@ -354,8 +372,8 @@ def test_placed_frozen_weights_are_not_copied_again_for_the_backward(base_weight
 def test_matmul_dtype_follows_mixed_precision():
     assert tune.matmul_dtype("bf16", "cpu") == torch.bfloat16
     assert tune.matmul_dtype("fp16", "cpu") == torch.float16
-    assert tune.matmul_dtype("no", "cpu") is None
-    assert tune.matmul_dtype("auto", "cpu") is None  # auto is float32 on a CPU
+    assert tune.matmul_dtype("no", "cpu") == torch.float32
+    assert tune.matmul_dtype("auto", "cpu") == torch.float32  # auto is float32 on a CPU
     with pytest.raises(ValueError, match="choose one of"):
         tune.matmul_dtype("bf32", "cpu")
 
