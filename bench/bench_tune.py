@@ -7,7 +7,8 @@ inflated diffusers UNet), with random weights.
 --model sd15 is Stable Diffusion 1.5's UNet configuration (859M parameters); --model tiny is
 the one-level, 320-channel UNet of the project's tiny test checkpoint. Prints one Markdown
 row for bench/RESULTS.md: seconds per step (median of --steps after --warmup), peak GPU
-memory, and the smooth loss's overhead over a plain MSE step (lambda2 = 0.2 vs 0, same run).
+memory, and the smooth loss's overhead over a plain MSE step: one Tuner alternates lambda2 =
+0.2 and 0 step by step, and the medians of the two kinds are compared.
 
 The model starts as the One-shot Tune node finds it: frozen weights in --weights-dtype (fp16,
 ComfyUI's dtype for SD1.5 on a GPU; float32 on a CPU) on the CPU, float32 trainables.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import pathlib
 import platform
@@ -52,19 +54,26 @@ TINY = dict(
 )
 
 
-def seconds_per_step(tuner: tune.Tuner, warmup: int, steps: int, device: str) -> float:
+def seconds_per_step(tuner: tune.Tuner, warmup: int, steps: int, device: str) -> dict[float, float]:
+    """Median seconds of a step with the smooth loss (lambda2 = 0.2) and of the plain MSE step
+    (lambda2 = 0), from one Tuner whose lambda2 alternates step by step (the order flipping every
+    pair), so that both see the same machine state, weights and optimizer."""
+    configs = {0.2: tuner.config, 0.0: dataclasses.replace(tuner.config, lambda2=0.0)}
     for _ in range(warmup):
         tuner.step()
-    times = []
-    for _ in range(steps):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        tuner.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[float, list[float]] = {0.2: [], 0.0: []}
+    for i in range(steps):
+        for lambda2 in ((0.2, 0.0) if i % 2 == 0 else (0.0, 0.2)):
+            tuner.config = configs[lambda2]
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            tuner.step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times[lambda2].append(time.perf_counter() - start)
+    tuner.config = configs[0.2]
+    return {lambda2: statistics.median(t) for lambda2, t in times.items()}
 
 
 def main() -> None:
@@ -81,7 +90,7 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps of each kind (lambda2 = 0.2 and 0)")
     options = parser.parse_args()
 
     torch.manual_seed(0)
@@ -111,27 +120,25 @@ def main() -> None:
     latent = options.size // 8
     latents = torch.randn(1, options.frames, 4, latent, latent, device=device)
     text = torch.randn(1, 77, 768, device=device)
-    results = {}
     compile_seconds = None
     with placement:
-        for lambda2 in (0.0, 0.2):
-            config = tune.TuneConfig(
-                steps=10**6, learning_rate=3e-5, lambda2=lambda2, mixed_precision=options.mixed_precision,
-                gradient_checkpointing=options.gradient_checkpointing,
-            )
-            tuner = tune.Tuner(video_unet, latents, text, config)
-            if options.compile and compile_seconds is None:
-                started = time.perf_counter()
-                tuner.step()  # compiles (the first call at these shapes)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                compile_seconds = time.perf_counter() - started
+        config = tune.TuneConfig(
+            steps=10**6, learning_rate=3e-5, lambda2=0.2, mixed_precision=options.mixed_precision,
+            gradient_checkpointing=options.gradient_checkpointing,
+        )
+        tuner = tune.Tuner(video_unet, latents, text, config)
+        if options.compile:
+            started = time.perf_counter()
+            tuner.step()  # compiles (the first call at these shapes)
             if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            results[lambda2] = seconds_per_step(tuner, options.warmup, options.steps, device.type)
-            peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.type == "cuda" else "n/a"
-            precision = tuner.precision
-            del tuner
+                torch.cuda.synchronize()
+            compile_seconds = time.perf_counter() - started
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        results = seconds_per_step(tuner, options.warmup, options.steps, device.type)
+        peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.type == "cuda" else "n/a"
+        precision = tuner.precision
+        del tuner
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
     params = sum(p.numel() for p in video_unet.parameters()) / 1e6
     mode = ("grad. checkpointing" if options.gradient_checkpointing else "default") + f", precision {precision}"

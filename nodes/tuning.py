@@ -154,8 +154,9 @@ class OneShotTune(io.ComfyNode):
         started = time.time()
         tuner = None
         try:
-            with tuned.video_unet.placed(device, tune.matmul_dtype(config.mixed_precision, device)), \
-                    memory.explain_out_of_memory(f"tuning {latents.shape[1]} frames of {pixel_size(samples)}", advice):
+            # Placed inside the explanation: copying the weights to the GPU can run out of memory too.
+            with memory.explain_out_of_memory(f"tuning {latents.shape[1]} frames of {pixel_size(samples)}", advice), \
+                    tuned.video_unet.placed(device, tune.matmul_dtype(config.mixed_precision, device)):
                 tuner = tune.Tuner(tuned.video_unet, latents, text, config)
                 with torch.inference_mode(False):  # loaded optimizer state is updated in place later
                     history = resume_if_possible(tuner, checkpoint_path, metadata)

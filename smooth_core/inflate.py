@@ -316,10 +316,10 @@ class VideoUNet(nn.Module):
         "auto" on a GPU; float32 without autocast), the frozen weights and biases of linear
         and convolution layers are copied in it and the other floating tensors (norms) in
         float32, the dtypes autocast casts them to at every call; without one, every tensor
-        keeps its dtype. Autocast would otherwise cast
-        every frozen weight again at each forward and keep the casts alive for the backward
-        pass (~1.6 GB at SD1.5 size); held in those dtypes they give the same numbers
-        without either. A tensor already on `device` in its target dtype is used as it is.
+        keeps its dtype. Autocast would otherwise cast every frozen weight again at each
+        forward and keep the casts alive for the backward pass (~1.6 GB at SD1.5 size); held
+        in those dtypes they give the same numbers without either. A tensor already on
+        `device` in its target dtype is used as it is.
 
         Use a Tuner made inside the block only inside it: on exit the copies are dropped and
         the trainables are back where they were.
