@@ -110,8 +110,13 @@ def total_loss(
     """Eq. 4: L = MSE(eps, noise) + lambda2 * L_noise. lambda2 = 0 is the Tune-A-Video baseline.
 
     Returns (total, mse, smooth), each a 0-dim float32 tensor; the smooth term is computed
-    (for logging) even when lambda2 = 0. No input checks: the tuning loop checks once.
+    (for logging) even when lambda2 = 0, but then without gradient and left out of the total,
+    so the baseline's backward pass is Tune-A-Video's. No input checks: the tuning loop checks once.
     """
     mse = torch.nn.functional.mse_loss(eps.float(), noise.float())
+    if lambda2 == 0:
+        with torch.no_grad():
+            smooth = smooth_loss_unchecked(eps.detach(), x_t, c, lambda1, variant, reduction)
+        return mse, mse, smooth
     smooth = smooth_loss_unchecked(eps, x_t, c, lambda1, variant, reduction)
     return mse + lambda2 * smooth, mse, smooth

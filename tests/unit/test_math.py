@@ -187,6 +187,20 @@ def test_total_loss_is_mse_plus_weighted_smooth():
     assert baseline.item() == pytest.approx(mse.item(), rel=1e-7)
 
 
+def test_baseline_total_loss_backpropagates_only_the_mse_but_still_reports_the_smooth_term():
+    """lambda2 = 0 is Tune-A-Video: its gradient is the MSE's, 2 (eps - noise) / N, with no
+    backward pass through the smooth term, whose value is still there for the loss curve."""
+    g = torch.Generator().manual_seed(3)
+    eps, noise, x = (torch.randn(1, 4, 2, 3, 3, generator=g) for _ in range(3))
+    eps.requires_grad_(True)
+    c = torch.tensor([-200.0])
+    total, mse, smooth = losses.total_loss(eps, noise, x, c, lambda2=0.0)
+    assert not smooth.requires_grad
+    assert smooth.item() == pytest.approx(ref_smooth_loss(eps.detach().double(), x.double(), c.double(), 1000.0, "cross_frame", "l1").item(), rel=1e-5)
+    total.backward()
+    torch.testing.assert_close(eps.grad, 2 * (eps.detach() - noise) / eps.numel(), rtol=1e-6, atol=0)
+
+
 # ---------------------------------------------------------------- Eq. 5
 
 
