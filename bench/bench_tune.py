@@ -105,7 +105,8 @@ def main() -> None:
     if options.frozen == "placed":
         variants = [f"frozen {weights_dtype} placed in {str(matmul_dtype).removeprefix('torch.')}"]
     else:
-        variants = [f"frozen {weights_dtype} moved as it is (autocast casts it at each forward)"]
+        cast = " (autocast casts it at each forward)" if matmul_dtype != torch.float32 else ""
+        variants = [f"frozen {weights_dtype} moved as it is{cast}"]
     if options.channels_last:
         video_unet.unet.to(memory_format=torch.channels_last)
         variants.append("channels-last")
