@@ -59,9 +59,10 @@ def base_metadata(model, latents: torch.Tensor, text: torch.Tensor) -> dict[str,
     }
 
 
-def forked_adapter(adapter: VideoUNetAdapter) -> VideoUNetAdapter:
-    """A new adapter whose UNet shares the frozen weights and owns float32 trainables, with
-    every tensor usable by autograd.
+def forked_adapter(adapter: VideoUNetAdapter, trainable_dtype: torch.dtype | None = None) -> VideoUNetAdapter:
+    """A new adapter whose UNet shares the frozen weights and owns its trainables, in
+    `trainable_dtype` (float32 master weights for tuning; by default the dtype the inflated
+    model samples in), with every tensor usable by autograd.
 
     ComfyUI runs nodes, and moves models between devices, in inference mode; tensors made
     there (a fork's copies, or weights ComfyUI moved to the GPU for sampling) cannot be
@@ -69,12 +70,20 @@ def forked_adapter(adapter: VideoUNetAdapter) -> VideoUNetAdapter:
     """
     with torch.inference_mode(False):
         video_unet = adapter.video_unet.fork()
-        for p in video_unet.trainable_parameters():
-            p.data = p.data.float()
+        cast_trainables(video_unet, trainable_dtype or adapter.dtype)
         for tensor in itertools.chain(video_unet.parameters(), video_unet.buffers()):
             if tensor.is_inference():
                 tensor.data = tensor.data.clone()
     return VideoUNetAdapter(video_unet, adapter.attention, adapter.source[0], adapter.chunk_size, adapter.weight_patches)
+
+
+def cast_trainables(video_unet, dtype: torch.dtype) -> None:
+    """The trainables (a fork's own) in `dtype`. ComfyUI samples with the inflated model's dtype
+    (fp16 on most GPUs) and runs no autocast: float32 trainables among fp16 weights would meet
+    fp16 activations in their matmuls and fail."""
+    with torch.inference_mode(False):
+        for p in video_unet.trainable_parameters():
+            p.data = p.data.to(dtype)
 
 
 class OneShotTune(io.ComfyNode):
@@ -140,7 +149,7 @@ class OneShotTune(io.ComfyNode):
         comfy.model_management.unload_all_models()
         # The fork shares the inflated model's frozen weights, which stay where ComfyUI keeps them:
         # tuning runs on copies on the GPU in the autocast dtype (VideoUNet.placed).
-        tuned = forked_adapter(adapter)
+        tuned = forked_adapter(adapter, torch.float32)
         device = comfy.model_management.get_torch_device()
         progress = Progress(steps)
         history: list[list] = []
@@ -180,7 +189,8 @@ class OneShotTune(io.ComfyNode):
             tuner = None
             comfy.model_management.soft_empty_cache()
         tuned.video_unet.requires_grad_(False).eval()
-        tune.save_tuned_weights(tuned.video_unet, final_path, metadata)
+        tune.save_tuned_weights(tuned.video_unet, final_path, metadata)  # the float32 weights
+        cast_trainables(tuned.video_unet, adapter.dtype)
         seconds = time.time() - started
         ran = max(steps - first_step, 0)
 

@@ -233,6 +233,12 @@ def video_model(model, attention: str, temporal: bool, chunk_size: int | None = 
     # and One-shot Tune trains the inflated model.
     with torch.inference_mode(False):
         weights, weight_patches = patched_unet_weights(model)
+        # The video UNet's layers are plain torch ones, which compute in their weights' dtype:
+        # where ComfyUI stores the UNet in one dtype and computes in another (manual cast: fp16
+        # weights on a CPU or on a GPU without fast fp16), the video UNet holds the one it computes in.
+        compute_dtype = model.model.manual_cast_dtype
+        if compute_dtype is not None:
+            weights = {k: v.to(compute_dtype) if v.is_floating_point() else v for k, v in weights.items()}
         unet, _ = convert.ldm_unet_to_diffusers(weights)
         video_unet = inflate.inflate_unet(unet, attention, temporal=temporal)
     video_unet.requires_grad_(False).eval()

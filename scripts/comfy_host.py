@@ -37,8 +37,9 @@ class ComfyServer:
     """A ComfyUI server on a free loopback port, stopped (by its own PID) on exit."""
 
     def __init__(self, host_dir: pathlib.Path = HOST, log_path: pathlib.Path | None = None,
-                 extra_custom_nodes: tuple[pathlib.Path, ...] = ()):
-        """`extra_custom_nodes`: more folders of custom nodes for this server only (the tests' probe)."""
+                 extra_custom_nodes: tuple[pathlib.Path, ...] = (), extra_args: tuple[str, ...] = ()):
+        """`extra_custom_nodes`: more folders of custom nodes for this server only (the tests' probe).
+        `extra_args`: more ComfyUI command-line options (e.g. --fp16-unet)."""
         self.host_dir = pathlib.Path(host_dir)
         self.python = self.host_dir / "venv" / "bin" / "python"
         self.comfy = self.host_dir / "ComfyUI"
@@ -53,6 +54,7 @@ class ComfyServer:
         self.process: subprocess.Popen | None = None
         self.client_id = uuid.uuid4().hex
         self.extra_custom_nodes = tuple(pathlib.Path(p).resolve() for p in extra_custom_nodes)
+        self.extra_args = tuple(extra_args)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 120.0) -> "ComfyServer":
@@ -69,6 +71,7 @@ class ComfyServer:
             config.write_text("smoothvideo_extra:\n  custom_nodes: |\n"
                               + "".join(f"    {folder}\n" for folder in self.extra_custom_nodes))
             args += ["--extra-model-paths-config", str(config)]
+        args += self.extra_args
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(args, cwd=self.comfy, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.time() + timeout

@@ -1,0 +1,35 @@
+"""The Tune-A-Video workflow on a UNet that ComfyUI stores in fp16 but computes in float32
+(--fp16-unet on a CPU: ComfyUI's "manual cast", also its way on GPUs without fast fp16). The
+video UNet is built in the dtype ComfyUI computes in; before, its plain torch layers kept the
+fp16 weights and every UNet call failed on float32 activations ("mat1 and mat2 must have the
+same dtype"), untuned or tuned."""
+
+import math
+import uuid
+
+import pytest
+
+from comfy_host import ComfyServer, load_workflow, node_output
+from quick_settings import TINY, quick
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def fp16_server():
+    with ComfyServer(extra_args=("--fp16-unet",)) as running:
+        yield running
+
+
+def test_the_workflow_tunes_inverts_and_samples_a_half_precision_unet(fp16_server, sample_video):
+    prompt = quick(load_workflow("tune_a_video_smooth"), TINY)
+    prompt["1"]["inputs"]["file"] = sample_video[0]
+    prompt["10"]["inputs"]["save_name"] = f"test_fp16_{uuid.uuid4().hex[:6]}"
+    entry = fp16_server.run(prompt)
+    losses = node_output(entry, "10")["losses"]
+    assert len(losses) == prompt["10"]["inputs"]["steps"]
+    assert all(math.isfinite(value) for step in losses for value in step)
+    # ComfyUI stores this UNet in fp16 and computes in float32 (its "manual cast" on a CPU).
+    assert "model weight dtype torch.float16, manual cast: torch.float32" in fp16_server.log()
+    assert math.isfinite(node_output(entry, "18")["vl_score"][0])
+    assert node_output(entry, "17")["images"]  # the edited video
