@@ -202,24 +202,47 @@ UNET_PREFIX = "diffusion_model."
 def patched_unet_weights(model) -> tuple[dict[str, torch.Tensor], str]:
     """The 2D UNet's weights as this MODEL samples with them: its weight patches (LoRAs, model
     merges) applied to the original weights, whichever clone ComfyUI has loaded at the moment;
-    and a fingerprint of the patched weights ("none" without patches), which tells apart
-    LoRAs, and strengths, that the base model's fingerprint cannot see."""
+    and a fingerprint of those patches ("none" without any), which tells apart LoRAs and
+    strengths that the base model's fingerprint cannot see."""
     # A loaded clone's patches sit in the shared UNet's tensors in place; unloading restores them.
     comfy.model_management.unload_all_models()
     weights = dict(source_unet(model).state_dict())
-    digest, patched_names = hashlib.sha256(), []
+    digest, patched = hashlib.sha256(), False
     for key, patches in sorted(model.patches.items()):
         name = key[len(UNET_PREFIX):]
         if key.startswith(UNET_PREFIX) and name in weights:
             original = weights[name]
-            patched = comfy.lora.calculate_weight(patches, original.to(torch.float32, copy=True), key)
-            weights[name] = patched.to(original.dtype)
-            # A strided sample of each patched tensor: cheap at SD1.5 size, and any LoRA or
-            # strength changes it.
-            sample = weights[name].flatten()[:: max(1, patched.numel() // 4096)].to("cpu", torch.float32)
-            digest.update(name.encode() + sample.contiguous().numpy().tobytes())
-            patched_names.append(name)
-    return weights, digest.hexdigest()[:16] if patched_names else "none"
+            weights[name] = comfy.lora.calculate_weight(patches, original.to(torch.float32, copy=True), key).to(original.dtype)
+            digest.update(name.encode())
+            _hash_patch(digest, patches)
+            patched = True
+    return weights, digest.hexdigest()[:16] if patched else "none"
+
+
+def _hash_patch(digest, value) -> None:
+    """Feeds a weight patch as ComfyUI holds it, (strength, adapter or tensors, strength_model,
+    offset, function) per patch, into `digest`: the strengths exactly and a strided sample of
+    every tensor, so the fingerprint depends on the patch itself, not on the dtype the base
+    weights are stored in or on the arithmetic that applies it."""
+    if isinstance(value, torch.Tensor):
+        sample = value.detach().flatten()[:: max(1, value.numel() // 4096)].to("cpu", torch.float32)
+        digest.update(f"tensor{tuple(value.shape)}".encode() + sample.contiguous().numpy().tobytes())
+    elif isinstance(value, (list, tuple)):
+        digest.update(b"(")
+        for item in value:
+            _hash_patch(digest, item)
+        digest.update(b")")
+    elif isinstance(value, dict):
+        for item_key in sorted(value, key=str):
+            digest.update(str(item_key).encode())
+            _hash_patch(digest, value[item_key])
+    elif value is None or isinstance(value, (bool, int, float, str)):
+        digest.update(repr(value).encode())
+    elif hasattr(value, "weights"):  # comfy.weight_adapter: LoRA, LoHa, LoKr, ...
+        digest.update(type(value).__name__.encode())
+        _hash_patch(digest, value.weights)
+    else:
+        digest.update(type(value).__qualname__.encode())
 
 
 def video_model(model, attention: str, temporal: bool, chunk_size: int | None = None):

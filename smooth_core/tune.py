@@ -84,7 +84,7 @@ class TuneConfig:
         seed: seeds the CPU generator of the per-step noise and timesteps.
         max_grad_norm: the trainable gradients are clipped to this total L2 norm.
         checkpoint_every: `Tuner.run` writes a checkpoint every this many steps; 0 = never.
-        mixed_precision: "auto" (bf16 autocast on a CUDA device that supports it, else
+        mixed_precision: "auto" (bf16 autocast on a CUDA device with bf16 hardware, else
             none), "no", "bf16", or "fp16" (autocast with a gradient scaler). Autocast covers
             the forward pass and the loss only; the trainable weights stay float32.
         gradient_checkpointing: recompute activations in the backward pass (less memory,
@@ -559,7 +559,9 @@ def matmul_dtype(mixed_precision: str, device: torch.device | str) -> torch.dtyp
 
 def _resolve_precision(requested: str, device: torch.device) -> str:
     if requested == "auto":
-        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        # Hardware bf16 only (Ampere and later): torch also says yes where it is emulated (T4,
+        # V100, RTX 20xx), and emulated bf16 matmuls are slower than float32 ones.
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
         return "bf16" if cuda_bf16 else "no"
     if requested == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("this GPU has no bfloat16 support: use mixed_precision 'fp16' or 'no'")
