@@ -84,9 +84,10 @@ class TuneConfig:
         seed: seeds the CPU generator of the per-step noise and timesteps.
         max_grad_norm: the trainable gradients are clipped to this total L2 norm.
         checkpoint_every: `Tuner.run` writes a checkpoint every this many steps; 0 = never.
-        mixed_precision: "auto" (bf16 autocast on a CUDA device with bf16 hardware, else
-            none), "no", "bf16", or "fp16" (autocast with a gradient scaler). Autocast covers
-            the forward pass and the loss only; the trainable weights stay float32.
+        mixed_precision: "auto" (bf16 autocast on a CUDA device with bf16 hardware, fp16 on
+            Volta and Turing GPUs, else none), "no", "bf16", or "fp16" (autocast with a
+            gradient scaler). Autocast covers the forward pass and the loss only; the
+            trainable weights stay float32.
         gradient_checkpointing: recompute activations in the backward pass (less memory,
             about a third more time).
         adam_beta1, adam_beta2, adam_weight_decay, adam_epsilon: AdamW's, as Tune-A-Video.
@@ -559,10 +560,15 @@ def matmul_dtype(mixed_precision: str, device: torch.device | str) -> torch.dtyp
 
 def _resolve_precision(requested: str, device: torch.device) -> str:
     if requested == "auto":
+        if device.type != "cuda":
+            return "no"
         # Hardware bf16 only (Ampere and later): torch also says yes where it is emulated (T4,
         # V100, RTX 20xx), and emulated bf16 matmuls are slower than float32 ones.
-        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
-        return "bf16" if cuda_bf16 else "no"
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return "bf16"
+        # Volta and Turing have fp16 tensor cores: fp16 autocast with a gradient scaler, as
+        # Tune-A-Video itself trained. Older cards compute fp16 slowly: float32.
+        return "fp16" if torch.cuda.get_device_capability(device) >= (7, 0) else "no"
     if requested == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("this GPU has no bfloat16 support: use mixed_precision 'fp16' or 'no'")
     return requested

@@ -369,6 +369,27 @@ def test_placed_frozen_weights_are_not_copied_again_for_the_backward(base_weight
     assert weight_copies_saved_for_backward(video_unet_from(base_weights), placed=True) == 0
 
 
+@pytest.mark.parametrize("bf16_hardware, capability, expected", [
+    (True, (9, 0), "bf16"),   # H100; Ampere and later
+    (False, (7, 5), "fp16"),  # T4, RTX 20xx: fp16 tensor cores, bf16 only emulated
+    (False, (7, 0), "fp16"),  # V100
+    (False, (6, 1), "no"),    # GTX 10xx: slow fp16, float32
+])
+def test_auto_precision_on_cuda_follows_the_hardware(monkeypatch, bf16_hardware, capability, expected):
+    """Only the decision: which autocast "auto" picks for what torch reports of a GPU."""
+    asked = {}
+
+    def is_bf16_supported(including_emulation=True):
+        asked["including_emulation"] = including_emulation
+        return bf16_hardware
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert tune._resolve_precision("auto", torch.device("cuda")) == expected
+    assert asked == {"including_emulation": False}  # emulated bf16 does not count
+    assert tune.matmul_dtype("auto", "cuda") == {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}[expected]
+
+
 def test_matmul_dtype_follows_mixed_precision():
     assert tune.matmul_dtype("bf16", "cpu") == torch.bfloat16
     assert tune.matmul_dtype("fp16", "cpu") == torch.float16
