@@ -2,7 +2,8 @@
 (--fp16-unet on a CPU: ComfyUI's "manual cast", also its way on GPUs without fast fp16). The
 video UNet is built in the dtype ComfyUI computes in; before, its plain torch layers kept the
 fp16 weights and every UNet call failed on float32 activations ("mat1 and mat2 must have the
-same dtype"), untuned or tuned."""
+same dtype"), untuned or tuned. The training-free InstructPix2Pix workflow (Cross-frame
+Attention, chunked, with the Smooth Noise Sampler) goes through the same build."""
 
 import math
 import uuid
@@ -33,3 +34,11 @@ def test_the_workflow_tunes_inverts_and_samples_a_half_precision_unet(fp16_serve
     assert "model weight dtype torch.float16, manual cast: torch.float32" in fp16_server.log()
     assert math.isfinite(node_output(entry, "18")["vl_score"][0])
     assert node_output(entry, "17")["images"]  # the edited video
+
+
+def test_the_cross_frame_ip2p_workflow_samples_a_half_precision_unet(fp16_server, sample_video):
+    prompt = quick(load_workflow("video_ip2p_t2v_zero_smooth"), TINY)
+    prompt["1"]["inputs"]["file"] = sample_video[0]
+    entry = fp16_server.run(prompt)
+    assert math.isfinite(node_output(entry, "17")["vl_score"][0])
+    assert node_output(entry, "16")["images"]
