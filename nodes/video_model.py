@@ -90,6 +90,7 @@ class VideoUNetAdapter(torch.nn.Module):
     def forward(self, x, timesteps, context=None, control=None, transformer_options={}, **kwargs):
         if control is not None:
             raise ValueError("ControlNet is not supported on an inflated (video) UNet yet; remove the ControlNet")
+        inflate.gather_on(self, x.device)  # after a partial (low VRAM) load by ComfyUI
         chunks = max(len(transformer_options.get("cond_or_uncond", [])), 1)
         frames = x.shape[0] // chunks
         if self.chunk_size is None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -37,7 +38,8 @@ from diffusers.models.attention_processor import Attention
 from torch import nn
 
 __all__ = [
-    "ATTENTION_MODES", "FrameAttnProcessor", "FrameLayout", "VideoUNet", "forward_in_chunks", "inflate_unet", "is_inflated",
+    "ATTENTION_MODES", "FrameAttnProcessor", "FrameLayout", "VideoUNet", "forward_in_chunks", "gather_on", "inflate_unet",
+    "is_inflated",
 ]
 
 ATTENTION_MODES = ("sparse_causal", "cross_frame")
@@ -364,6 +366,23 @@ class VideoUNet(nn.Module):
     def enable_gradient_checkpointing(self) -> None:
         """diffusers' checkpointing calls each block as a module, so the temporal hook is recomputed too."""
         self.unet.enable_gradient_checkpointing()
+
+
+def gather_on(module: nn.Module, device: torch.device) -> bool:
+    """Moves `module` wholly to `device` if any of its parameters or buffers is elsewhere;
+    returns whether it had to.
+
+    ComfyUI loads a model partially when VRAM is short, streaming the weights of its own layer
+    types; plain torch layers (all of a video UNet's) that do not fit are left on the CPU, and
+    the next call would fail on mixed devices. Gathered, it runs, or runs out of memory with
+    a message that says so.
+    """
+    device = torch.device(device)
+    tensors = itertools.chain(module.parameters(), module.buffers())
+    if all(t.device == device for t in tensors):
+        return False
+    module.to(device)
+    return True
 
 
 def forward_in_chunks(
