@@ -18,6 +18,8 @@ Optimisation variants, for before/after rows on one card (bench/run_gpu.sh):
                         to the device in the autocast dtype, once
   --frozen autocast     (before) the whole model moved to the device as it is; bf16 autocast
                         casts every frozen weight at each forward and keeps the casts for backward
+  --checkpoint-blocks   gradient checkpointing of some UNet parts only (the full-resolution
+                        level holds most activations), between default and --gradient-checkpointing
   --channels-last       the UNet's weights and activations in channels-last memory format
   --compile             torch.compile of the UNet's forward (the compile time is printed apart)
 """
@@ -84,6 +86,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--mixed-precision", default="auto")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--checkpoint-blocks", default=None,
+                        help="checkpoint only these comma-separated UNet parts, e.g. down_blocks.0,up_blocks.3")
     parser.add_argument("--weights-dtype", choices=("fp16", "float32"), default=None,
                         help="the frozen weights' dtype before tuning (default: fp16 on cuda, float32 on cpu)")
     parser.add_argument("--frozen", choices=("placed", "autocast"), default="placed")
@@ -128,6 +132,8 @@ def main() -> None:
             gradient_checkpointing=options.gradient_checkpointing,
         )
         tuner = tune.Tuner(video_unet, latents, text, config)
+        if options.checkpoint_blocks:
+            video_unet.enable_gradient_checkpointing(options.checkpoint_blocks.split(","))
         if options.compile:
             started = time.perf_counter()
             tuner.step()  # compiles (the first call at these shapes)
@@ -142,7 +148,11 @@ def main() -> None:
         del tuner
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
     params = sum(p.numel() for p in video_unet.parameters()) / 1e6
-    mode = ("grad. checkpointing" if options.gradient_checkpointing else "default") + f", precision {precision}"
+    if options.checkpoint_blocks:
+        mode = f"grad. checkpointing of {options.checkpoint_blocks.replace(',', ', ')} only"
+    else:
+        mode = "grad. checkpointing" if options.gradient_checkpointing else "default"
+    mode += f", precision {precision}"
     mode += "".join(f", {v}" for v in variants)
     if compile_seconds is not None:
         mode += f" (first step, compiling: {compile_seconds:.0f} s)"

@@ -227,6 +227,17 @@ def count_configuration(config: dict, frames: int, size: int, kernel: str, fake:
     return results
 
 
+def count_step_checkpointing(config: dict, frames: int, size: int, kernel: str, blocks: list[str]) -> int:
+    """FLOPs of one tuning step with only `blocks` checkpointed (fake tensors)."""
+    model = build_model(config, fake=True)
+    with fake_modes(True):
+        materialize(model, True)
+        latents, text = inputs(config, frames, size)
+        tuner = tune.Tuner(model, latents, text, tune_config(False))
+        model.enable_gradient_checkpointing(blocks)
+        return count(tuner.step, frames, kernel)[0]
+
+
 def count_forward(config: dict, frames: int, size: int, videos: int = 1) -> int:
     """FLOPs of one no-grad forward of the inflated UNet on `videos` videos of F frames (fake tensors)."""
     model = build_model(config, fake=True)
@@ -363,10 +374,12 @@ MEMORY_MODES = {
 }
 
 
-def estimate_memory(config: dict, frames: int, size: int, checkpointing: bool, mode: str, kernel: str) -> dict:
+def estimate_memory(config: dict, frames: int, size: int, checkpointing: bool, mode: str, kernel: str,
+                    blocks: list[str] | None = None) -> dict:
     """Peak live tensor bytes of the second tuning step (AdamW state already allocated), by
     MemTracker category, on fake tensors. mode: a key of MEMORY_MODES; "bf16" precision is
-    CUDA bf16 autocast's policy over the forward pass and the loss, as the Tuner's "auto"."""
+    CUDA bf16 autocast's policy over the forward pass and the loss, as the Tuner's "auto".
+    blocks: with checkpointing, checkpoint only these UNet parts (VideoUNet.enable_gradient_checkpointing)."""
     _, precision, frozen = MEMORY_MODES[mode]
     model = build_model(config, fake=True)
     with fake_modes(True), contextlib.ExitStack() as stack:
@@ -374,7 +387,9 @@ def estimate_memory(config: dict, frames: int, size: int, checkpointing: bool, m
         latents, text = inputs(config, frames, size)
         # Built while every weight is float32: the Tuner runs with mixed_precision "no" and the
         # policy below stands in for CUDA autocast (a Tuner refuses half weights without autocast).
-        tuner = tune.Tuner(model, latents, text, tune_config(checkpointing))
+        tuner = tune.Tuner(model, latents, text, tune_config(checkpointing and blocks is None))
+        if checkpointing and blocks is not None:
+            model.enable_gradient_checkpointing(blocks)
         if frozen == "fp16":
             trainable = {id(p) for p in model.trainable_parameters()}
             for p in model.parameters():
@@ -495,6 +510,10 @@ def main() -> None:
                         help="comma-separated modes: " + "; ".join(f"{k}: {v[0]}" for k, v in MEMORY_MODES.items()))
     parser.add_argument("--memory-sdpa", choices=("flash", "math"), default="flash",
                         help="attention kernel of the memory estimate: fused (flash-style) or math (materialises the scores)")
+    parser.add_argument("--checkpoint-blocks", default=None,
+                        help="';'-separated sets of UNet parts to checkpoint alone, e.g. "
+                             "'down_blocks.0,up_blocks.3;down_blocks.0,down_blocks.1,up_blocks.2,up_blocks.3': "
+                             "step FLOPs and bf16 memory estimate of each set")
     parser.add_argument("--check", action="store_true",
                         help="only check: fake counts == real CPU counts (tiny and sd15, 3 frames x 64 px), "
                              "and the memory estimate against a real CPU step (tiny, 4 x 128 px)")
@@ -582,6 +601,26 @@ def main() -> None:
                     label = MEMORY_MODES[precision][0]
                     print(f"| {frames} x {size} px | {label} | {mode} | {gib['Parameter']} | {gib['Optstate']} | "
                           f"{gib['Gradient']} | {gib['Activation']} | {gib['Temp']} | {gib['Total']} |", flush=True)
+
+
+    if options.checkpoint_blocks:
+        header("Gradient checkpointing of some UNet parts only: tuning step FLOPs (math convention) and ESTIMATED "
+               "peak memory (bf16 autocast, frozen weights placed in bf16, fused attention), against none and all",
+               ["video", "checkpointed", "step TFLOP", "vs no checkpointing", "memory estimate (GiB)"])
+        for frames, size in videos:
+            sets = [None] + [s.split(",") for s in options.checkpoint_blocks.split(";")] + ["all"]
+            for blocks in sets:
+                if blocks is None:
+                    flop, m = counts[frames, size, "math"]["step"][0], estimate_memory(config, frames, size, False, "bf16", "flash")
+                elif blocks == "all":
+                    flop, m = counts[frames, size, "math"]["step_gc"][0], estimate_memory(config, frames, size, True, "bf16", "flash")
+                else:
+                    flop = count_step_checkpointing(config, frames, size, "math", blocks)
+                    m = estimate_memory(config, frames, size, True, "bf16", "flash", blocks)
+                base = counts[frames, size, "math"]["step"][0]
+                label = "none" if blocks is None else "all" if blocks == "all" else ", ".join(blocks)
+                print(f"| {frames} x {size} px | {label} | {tflop(flop)} | {flop / base - 1:+.1%} | {m['Total'] / 2**30:.2f} |",
+                      flush=True)
 
 
 if __name__ == "__main__":

@@ -363,9 +363,24 @@ class VideoUNet(nn.Module):
                 for p, where in moved:
                     p.data = p.data.to(where)
 
-    def enable_gradient_checkpointing(self) -> None:
-        """diffusers' checkpointing calls each block as a module, so the temporal hook is recomputed too."""
+    def enable_gradient_checkpointing(self, blocks: Sequence[str] | None = None) -> None:
+        """diffusers' checkpointing calls each block as a module, so the temporal hook is recomputed too.
+
+        Args:
+            blocks: checkpoint only these parts of `.unet` (e.g. ["down_blocks.0", "up_blocks.3"],
+                the full-resolution level, where most activations are); None: all of them.
+        """
         self.unet.enable_gradient_checkpointing()
+        if blocks is None:
+            return
+        blocks = list(blocks)
+        names = dict(self.unet.named_modules())
+        unknown = [b for b in blocks if not b or b not in names]
+        if unknown:
+            raise ValueError(f"no such UNet blocks to checkpoint: {', '.join(unknown)} (e.g. down_blocks.0, mid_block, up_blocks.3)")
+        for name, module in self.unet.named_modules():
+            if name and hasattr(module, "gradient_checkpointing"):
+                module.gradient_checkpointing = any(name == b or name.startswith(b + ".") for b in blocks)
 
 
 def gather_on(module: nn.Module, device: torch.device) -> bool:

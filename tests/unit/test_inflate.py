@@ -470,3 +470,36 @@ def test_a_partly_placed_model_is_gathered_on_the_input_device():
     assert all(t.device.type == "meta" for t in [*video.parameters(), *video.buffers()])
     assert video(x, 10, context).shape == (1, 3, 4, 8, 8)
     assert gather_on(video, x.device) is False  # nothing to move: nothing moves
+
+
+def test_gradient_checkpointing_of_chosen_blocks_only():
+    """Checkpointing the full-resolution level only: those blocks recompute, the others keep
+    their activations, and the gradients are the same as without checkpointing."""
+    x, t, context = random_inputs()
+    grads = []
+    for blocks in (False, ["down_blocks.0", "up_blocks.1"]):
+        video = inflate_unet(tiny_unet())
+        perturb_temporal(video)
+        video.mark_trainable()
+        if blocks:
+            video.enable_gradient_checkpointing(blocks)
+            flags = {n: m.gradient_checkpointing for n, m in video.unet.named_modules() if n and hasattr(m, "gradient_checkpointing")}
+            assert {n for n, on in flags.items() if on} == {n for n in flags if n.startswith(("down_blocks.0", "up_blocks.1"))}
+            assert any(not on for on in flags.values())
+        # A transformer block of the checkpointed level, and a resnet of the other level that
+        # the backward pass goes through (it follows trainable layers).
+        calls = {"down_blocks.0.attentions.0.transformer_blocks.0": 0, "down_blocks.1.resnets.0": 0}
+        for name in calls:
+            def count(*_, name=name):
+                calls[name] += 1
+            # A pre-hook: a recomputation stops as soon as it has what the backward needs.
+            video.unet.get_submodule(name).register_forward_pre_hook(count)
+        video.train()
+        video(x, t, context).square().mean().backward()
+        # A checkpointed block runs again in the backward pass; the other one does not.
+        assert list(calls.values()) == ([2, 1] if blocks else [1, 1])
+        grads.append({n: p.grad.clone() for n, p in video.unet.named_parameters() if p.grad is not None})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="no such UNet blocks to checkpoint: down_block.0"):
+        inflate_unet(tiny_unet()).enable_gradient_checkpointing(["down_block.0"])
