@@ -22,6 +22,7 @@ Optimisation variants, for before/after rows on one card (bench/run_gpu.sh):
                         level holds most activations), between default and --gradient-checkpointing
   --channels-last       the UNet's weights and activations in channels-last memory format
   --compile             torch.compile of the UNet's forward (the compile time is printed apart)
+  --profile FILE.md     torch.profiler over 3 steps: the device's busy fraction and top operators
 """
 
 from __future__ import annotations
@@ -78,6 +79,43 @@ def seconds_per_step(tuner: tune.Tuner, warmup: int, steps: int, device: str) ->
     return {lambda2: statistics.median(t) for lambda2, t in times.items()}
 
 
+def profile_steps(tuner: tune.Tuner, device: torch.device, path: str, steps: int = 3) -> None:
+    """torch.profiler over `steps` tuning steps: how busy the device was (kernel time over wall
+    time: what host syncs and launch gaps leave idle) and the operators that took the time,
+    written to `path` as Markdown (the first place to look when a step is slower than its FLOPs)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            tuner.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    wall = time.perf_counter() - started
+    events = prof.key_averages()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    busy = sum(getattr(e, key) for e in events) / 1e6
+    rows = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:25]
+    with open(path, "w") as f:
+        f.write(f"# Profile of {steps} tuning steps ({datetime.date.today()}, {device_label(device)}, torch {torch.__version__})\n\n")
+        f.write(f"wall {wall:.3f} s; self {'device' if device.type == 'cuda' else 'CPU'} time of all operators "
+                f"{busy:.3f} s ({busy / wall:.0%} of the wall time; the rest is idle or overlap)\n\n")
+        f.write("| operator | calls | self time (ms) | share |\n| --- | --- | --- | --- |\n")
+        for e in rows:
+            t = getattr(e, key) / 1e3
+            f.write(f"| {e.key} | {e.count} | {t:.1f} | {t / 1e3 / busy:.1%} |\n")
+    print(f"profile of {steps} steps written to {path}: busy {busy / wall:.0%} of {wall:.3f} s", file=sys.stderr)
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("sd15", "tiny"), default="tiny")
@@ -93,6 +131,8 @@ def main() -> None:
     parser.add_argument("--frozen", choices=("placed", "autocast"), default="placed")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--profile", default=None, metavar="FILE.md",
+                        help="also profile 3 steps and write the busy fraction and top operators there")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=8, help="timed steps of each kind (lambda2 = 0.2 and 0)")
     options = parser.parse_args()
@@ -145,8 +185,10 @@ def main() -> None:
         results = seconds_per_step(tuner, options.warmup, options.steps, device.type)
         peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.type == "cuda" else "n/a"
         precision = tuner.precision
+        if options.profile:
+            profile_steps(tuner, device, options.profile)
         del tuner
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    name = device_label(device)
     params = sum(p.numel() for p in video_unet.parameters()) / 1e6
     if options.checkpoint_blocks:
         mode = f"grad. checkpointing of {options.checkpoint_blocks.replace(',', ', ')} only"

@@ -59,6 +59,8 @@ case $part in
   bench 300 bench/bench_invert_sample.py --model sd15 --device cuda --frames 24 --size 512 --steps 50 --eq5-overhead 3
   bench bench/bench_vl_score.py --device cuda
   bench bench/bench_vl_score.py --device cuda --encode 24 512
+  # Where a 24 x 512 px step's time goes: device busy fraction and the top operators.
+  bench $tune --frames 24 --size 512 --profile "$(dirname "$results")/profile_tune_24x512.md"
   ;;
 3)
   # torch.compile and channels-last on top of placement, against a baseline row on the same card
