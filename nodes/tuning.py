@@ -137,9 +137,10 @@ class OneShotTune(io.ComfyNode):
         final_path = weights_path(save_name, WEIGHTS_SUFFIX)
         checkpoint_path = weights_path(save_name, CHECKPOINT_SUFFIX)
         # Checkpoints are written by this node (they carry the loss history for the curve).
+        device = comfy.model_management.get_torch_device()
         config = tune.TuneConfig(
             steps=steps, learning_rate=learning_rate, lambda1=lambda1, lambda2=lambda2, variant=variant,
-            seed=seed, gradient_checkpointing=gradient_checkpointing,
+            seed=seed, gradient_checkpointing=gradient_checkpointing, mixed_precision=tuning_precision(device),
         )
         latents = model.model.latent_format.process_in(samples.float()).unsqueeze(0)
         metadata = base_metadata(model, latents, text)
@@ -150,7 +151,6 @@ class OneShotTune(io.ComfyNode):
         # The fork shares the inflated model's frozen weights, which stay where ComfyUI keeps them:
         # tuning runs on copies on the GPU in the autocast dtype (VideoUNet.placed).
         tuned = forked_adapter(adapter, torch.float32)
-        device = comfy.model_management.get_torch_device()
         progress = Progress(steps)
         history: list[list] = []
         first_step = 0
@@ -212,6 +212,15 @@ class OneShotTune(io.ComfyNode):
         # The loss curve shows on the node as a preview; the numbers are for HTTP clients (/history).
         preview = ui.PreviewImage(curve, cls=cls).as_dict()
         return io.NodeOutput(patched, curve, ui={**preview, "text": [summary], "losses": history})
+
+
+def tuning_precision(device: torch.device) -> str:
+    """The Tuner's "auto" (bf16 with bf16 hardware, fp16 on Volta / Turing), except on GPUs where
+    ComfyUI itself does not compute in fp16 (GTX 16xx and the like, where fp16 gives NaNs, and
+    older cards): float32 there, when bf16 is not available either."""
+    if device.type != "cuda" or torch.cuda.is_bf16_supported(including_emulation=False):
+        return "auto"
+    return "auto" if comfy.model_management.should_use_fp16(device, prioritize_performance=False) else "no"
 
 
 def require_tunable_latent(model, samples: torch.Tensor, variant: str, lambda2: float) -> None:

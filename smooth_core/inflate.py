@@ -374,13 +374,20 @@ class VideoUNet(nn.Module):
         if blocks is None:
             return
         blocks = list(blocks)
-        names = dict(self.unet.named_modules())
-        unknown = [b for b in blocks if not b or b not in names]
+        flagged = [name for name, module in self.unet.named_modules() if name and hasattr(module, "gradient_checkpointing")]
+
+        def inside(name: str, block: str) -> bool:
+            return name == block or name.startswith(block + ".")
+
+        # A name must hold something diffusers checkpoints (a resnet alone, or conv_in, would not).
+        unknown = [b for b in blocks if not any(inside(name, b) for name in flagged)]
         if unknown:
-            raise ValueError(f"no such UNet blocks to checkpoint: {', '.join(unknown)} (e.g. down_blocks.0, mid_block, up_blocks.3)")
-        for name, module in self.unet.named_modules():
-            if name and hasattr(module, "gradient_checkpointing"):
-                module.gradient_checkpointing = any(name == b or name.startswith(b + ".") for b in blocks)
+            raise ValueError(
+                f"nothing to checkpoint in {', '.join(unknown)}: name UNet blocks such as down_blocks.0, mid_block, up_blocks.3"
+            )
+        modules = dict(self.unet.named_modules())
+        for name in flagged:
+            modules[name].gradient_checkpointing = any(inside(name, b) for b in blocks)
 
 
 def gather_on(module: nn.Module, device: torch.device) -> bool:

@@ -501,5 +501,6 @@ def test_gradient_checkpointing_of_chosen_blocks_only():
         grads.append({n: p.grad.clone() for n, p in video.unet.named_parameters() if p.grad is not None})
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="no such UNet blocks to checkpoint: down_block.0"):
-        inflate_unet(tiny_unet()).enable_gradient_checkpointing(["down_block.0"])
+    for name in ("down_block.0", "conv_in", "down_blocks.0.resnets.0"):  # a typo; nothing checkpointed there
+        with pytest.raises(ValueError, match=f"nothing to checkpoint in {re.escape(name)}: name UNet blocks"):
+            inflate_unet(tiny_unet()).enable_gradient_checkpointing([name])
