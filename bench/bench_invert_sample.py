@@ -30,6 +30,7 @@ import statistics
 import sys
 import time
 
+import diffusers
 import torch
 from diffusers import UNet2DConditionModel
 
@@ -132,7 +133,7 @@ def main() -> None:
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
     params = sum(p.numel() for p in video_unet.parameters()) / 1e6
-    print(f"| {datetime.date.today()} | {name} | torch {torch.__version__} | {options.model} ({params:.0f}M), "
+    print(f"| {datetime.date.today()} | {name} | torch {torch.__version__}, diffusers {diffusers.__version__} | {options.model} ({params:.0f}M), "
           f"{str(dtype).removeprefix('torch.')} | {options.frames} x {options.size} px | {options.steps} + {options.steps} "
           f"(CFG {options.cfg:g}, Eq. 5) | {inversion:.2f} s | {sampling:.2f} s | {total:.2f} s | {peak} | {throughput} |")
 
@@ -144,7 +145,7 @@ def main() -> None:
                 smooth.append(sampling_seconds(video_unet, latents, empty, edit, options.steps, options.cfg, dtype, device,
                                                sample.SmoothNoise(lambda3=0.5)))
         stock_s, smooth_s = statistics.median(stock), statistics.median(smooth)
-        print(f"| {datetime.date.today()} | {name} | torch {torch.__version__} | {options.model}, "
+        print(f"| {datetime.date.today()} | {name} | torch {torch.__version__}, diffusers {diffusers.__version__} | {options.model}, "
               f"{str(dtype).removeprefix('torch.')} | {options.frames} x {options.size} px | {options.steps}-step CFG sampling, "
               f"median of {options.eq5_overhead} interleaved | stock DDIM {stock_s:.2f} s | with Eq. 5 {smooth_s:.2f} s | "
               f"Eq. 5 overhead {smooth_s / stock_s - 1:+.1%} |")

@@ -37,6 +37,7 @@ import statistics
 import sys
 import time
 
+import diffusers
 import torch
 from diffusers import UNet2DConditionModel
 
@@ -209,7 +210,7 @@ def main() -> None:
     mode += "".join(f", {v}" for v in variants)
     if compile_seconds is not None:
         mode += f" (first step, compiling: {compile_seconds:.0f} s)"
-    print(f"| {datetime.date.today()} | {name} | torch {torch.__version__} | {options.model} ({params:.0f}M) | "
+    print(f"| {datetime.date.today()} | {name} | torch {torch.__version__}, diffusers {diffusers.__version__} | {options.model} ({params:.0f}M) | "
           f"{options.frames} x {options.size} px | {mode} | {results[0.2]:.3f} s | "
           f"{peak} | {results[0.2] / results[0.0] - 1:+.1%} |")
 

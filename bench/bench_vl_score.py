@@ -18,6 +18,7 @@ import platform
 import sys
 import time
 
+import diffusers
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -84,7 +85,7 @@ def encode_and_score(frames: int, size: int, device: str, repeats: int, chunk_si
 
     seconds = timed(job, repeats, device)
     peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device == "cuda" else "n/a"
-    print(f"| {datetime.date.today()} | {device_name(device)} | torch {torch.__version__} | SD VAE, {str(dtype)[6:]} | "
+    print(f"| {datetime.date.today()} | {device_name(device)} | torch {torch.__version__}, diffusers {diffusers.__version__} | SD VAE, {str(dtype)[6:]} | "
           f"{frames} x {size} px | {seconds:.2f} s | {frames / seconds:.1f} frames/s | {peak} |")
 
 
@@ -101,7 +102,7 @@ def main() -> None:
     fast = timed(lambda: metrics.vl_score(video).item(), options.repeats, options.device)
     slow = timed(lambda: brute_force(video), 1, options.device)
     diff = abs(metrics.vl_score(video.double()).item() - brute_force(video.double()))
-    print(f"| {datetime.date.today()} | {device_name(options.device)} | torch {torch.__version__} | 24 x 4 x 64 x 64 | "
+    print(f"| {datetime.date.today()} | {device_name(options.device)} | torch {torch.__version__}, diffusers {diffusers.__version__} | 24 x 4 x 64 x 64 | "
           f"{fast * 1000:.1f} ms ({24 / fast:.0f} frames/s) | {slow * 1000:.0f} ms | {slow / fast:.0f}x | {diff:.1e} |")
 
 

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# The GPU benchmarks, in three `device` calls (a call may run 600 s; the device image has torch but
-# not diffusers); each part holds its own before/after pairs, as a later call may get another card:
-#   here:   .host/venv/bin/pip download --no-deps diffusers==0.35.2 -d bench/wheels
+# The GPU benchmarks, in three `device` calls (a call may run 600 s); each part holds its own
+# before/after pairs, as a later call may get another card:
+#   here:   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 diffusers==0.42.1 -d bench/wheels
 #   device: run(command="bash bench/run_gpu.sh 1", carry=["bench/wheels"])   # tuning, ~5 min
-#           run(command="bash bench/run_gpu.sh 2", carry=["bench/wheels"])   # inversion + sampling, VL
-#           run(command="bash bench/run_gpu.sh 3", carry=["bench/wheels"])   # channels-last, torch.compile
+#           run(command="bash bench/run_gpu.sh 2", carry=["bench/wheels"])   # inversion + sampling, VL, profile
+#           run(command="bash bench/run_gpu.sh 3", carry=["bench/wheels"])   # torch.compile, channels-last
+# The device image (python3 3.12, torch 2.11, huggingface_hub 1.33, transformers 5.17; see the device
+# tool's KINDS.md) has no diffusers, and this host's diffusers 0.35.2 refuses huggingface_hub >= 1.0
+# (it fails at `from diffusers import UNet2DConditionModel`). diffusers 0.42.1 needs huggingface_hub
+# >= 1.32 and nothing else the image lacks; tests/unit pass with it here (243, 2026-11-25, with
+# huggingface_hub 1.33 and transformers 5.17 on the path), and each row names the versions it ran.
 # Prints Markdown rows for bench/RESULTS.md (device name and date in each row) and appends them to
 # $OUT/gpu_results.md (the device tool's output folder; out/ elsewhere) as each one ends, so a call
 # cut off at its time limit still brings back the rows before. One failing benchmark is reported
@@ -27,13 +32,18 @@ bench() {  # bench [timeout seconds] script args...: no row may run past the cal
   fi
   ((limit > left)) && limit=$left
   echo "## $*" >&2
-  if ! timeout "$limit" python "$@" | tee -a "$results"; then
+  if ! timeout "$limit" python3 "$@" | tee -a "$results"; then
     echo "| failed or over ${limit} s: $* |" | tee -a "$results"
   fi
 }
 
-python -c "import diffusers" 2>/dev/null || pip install --no-deps --quiet bench/wheels/diffusers-*.whl || exit 1
-python -c "import diffusers, safetensors, torch; assert torch.cuda.is_available()" || exit 1
+if ! python3 -c "import diffusers" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    bench/wheels/*.whl || exit 1
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+python3 -c "from diffusers import UNet2DConditionModel, AutoencoderKL; import torch; assert torch.cuda.is_available()" \
+  || exit 1
 echo "part $part: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)" | tee -a "$results"
 tune="bench/bench_tune.py --model sd15 --device cuda"
 case $part in
