@@ -150,10 +150,8 @@ def main() -> None:
     device = torch.device(options.device)
     weights_dtype = options.weights_dtype or ("fp16" if device.type == "cuda" else "float32")
     video_unet = inflate.inflate_unet(UNet2DConditionModel(**(SD15 if options.model == "sd15" else TINY)))
-    trainable = {id(p) for p in video_unet.trainable_parameters()}
-    for p in video_unet.parameters():
-        if id(p) not in trainable:
-            p.data = p.data.to(torch.float16 if weights_dtype == "fp16" else torch.float32)
+    for p in video_unet.frozen_parameters():
+        p.data = p.data.to(torch.float16 if weights_dtype == "fp16" else torch.float32)
     matmul_dtype = tune.matmul_dtype(options.mixed_precision, device)
     if options.frozen == "placed":
         variants = [f"frozen {weights_dtype} placed in {str(matmul_dtype).removeprefix('torch.')}"]

@@ -391,10 +391,8 @@ def estimate_memory(config: dict, frames: int, size: int, checkpointing: bool, m
         if checkpointing and blocks is not None:
             model.enable_gradient_checkpointing(blocks)
         if frozen == "fp16":
-            trainable = {id(p) for p in model.trainable_parameters()}
-            for p in model.parameters():
-                if id(p) not in trainable:
-                    p.data = p.data.half()
+            for p in model.frozen_parameters():
+                p.data = p.data.half()
         elif frozen == "placed":
             stack.enter_context(model.placed("cpu", torch.bfloat16))
         policy = cuda_bf16_autocast_like() if precision == "bf16" else contextlib.nullcontext()

@@ -272,6 +272,12 @@ class VideoUNet(nn.Module):
         ]
         return [p for m in modules for p in m.parameters()]
 
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        """Every parameter outside the trainable set (an error where there is none, as for
+        `trainable_parameters`)."""
+        trainable = {id(p) for p in self.trainable_parameters()}
+        return [p for p in self.parameters() if id(p) not in trainable]
+
     def mark_trainable(self) -> None:
         """requires_grad on the trainable set only; everything else is frozen."""
         self.unet.requires_grad_(False)
@@ -302,8 +308,7 @@ class VideoUNet(nn.Module):
         Tuning a fork leaves this model as it was (ComfyUI models are never mutated) without
         a second copy of the frozen ~800M parameters at SD1.5 size.
         """
-        trainable = {id(p) for p in self.trainable_parameters()}
-        shared = {id(t): t for t in [*self.parameters(), *self.buffers()] if id(t) not in trainable}
+        shared = {id(t): t for t in [*self.frozen_parameters(), *self.buffers()]}
         return copy.deepcopy(self, memo=shared)
 
     @contextlib.contextmanager
@@ -374,7 +379,7 @@ class VideoUNet(nn.Module):
         if blocks is None:
             return
         blocks = list(blocks)
-        flagged = [name for name, module in self.unet.named_modules() if name and hasattr(module, "gradient_checkpointing")]
+        flagged = {name: m for name, m in self.unet.named_modules() if name and hasattr(m, "gradient_checkpointing")}
 
         def inside(name: str, block: str) -> bool:
             return name == block or name.startswith(block + ".")
@@ -385,9 +390,8 @@ class VideoUNet(nn.Module):
             raise ValueError(
                 f"nothing to checkpoint in {', '.join(unknown)}: name UNet blocks such as down_blocks.0, mid_block, up_blocks.3"
             )
-        modules = dict(self.unet.named_modules())
-        for name in flagged:
-            modules[name].gradient_checkpointing = any(inside(name, b) for b in blocks)
+        for name, module in flagged.items():
+            module.gradient_checkpointing = any(inside(name, b) for b in blocks)
 
 
 def gather_on(module: nn.Module, device: torch.device) -> bool:

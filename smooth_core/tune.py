@@ -40,6 +40,8 @@ __all__ = [
 ]
 
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+# The dtype autocast computes matmuls and convolutions in, per resolved precision ("no": none).
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Metadata keys this module writes; user metadata may not use the prefix.
 _RESERVED_PREFIX = "smoothvideo."
@@ -332,8 +334,7 @@ class Tuner:
     def _autocast(self):
         if self.precision == "no":
             return torch.autocast(self.device.type, enabled=False)
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return torch.autocast(self.device.type, dtype=_AUTOCAST_DTYPES[self.precision])
 
     def run(self, callback=None, checkpoint_path: str | os.PathLike | None = None,
             checkpoint_metadata: dict[str, str] | None = None) -> list[StepRecord]:
@@ -555,7 +556,7 @@ def matmul_dtype(mixed_precision: str, device: torch.device | str) -> torch.dtyp
     if mixed_precision not in MIXED_PRECISION:
         raise ValueError(f"unknown mixed_precision {mixed_precision!r}; choose one of {', '.join(MIXED_PRECISION)}")
     precision = _resolve_precision(mixed_precision, torch.device(device))
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    return _AUTOCAST_DTYPES.get(precision, torch.float32)
 
 
 def _resolve_precision(requested: str, device: torch.device) -> str:

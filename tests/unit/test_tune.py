@@ -318,10 +318,8 @@ def test_half_precision_originals_tune_in_float32_without_autocast(base_weights)
     """A GPU without bf16 ("auto" is then float32): ComfyUI's fp16 weights are placed as float32
     copies, where the Tuner alone refuses half weights without autocast."""
     video_unet = video_unet_from(base_weights)
-    trainable = {id(p) for p in video_unet.trainable_parameters()}
-    for p in video_unet.parameters():
-        if id(p) not in trainable:
-            p.data = p.data.half()
+    for p in video_unet.frozen_parameters():
+        p.data = p.data.half()
     config = TuneConfig(steps=2, learning_rate=1e-3, mixed_precision="no")
     with pytest.raises(ValueError, match="non-float32 weights"):
         Tuner(video_unet, toy_video(4), text_embeds(), config)
@@ -329,7 +327,7 @@ def test_half_precision_originals_tune_in_float32_without_autocast(base_weights)
         assert all(p.dtype == torch.float32 for p in video_unet.parameters())
         records = Tuner(video_unet, toy_video(4), text_embeds(), config).run()
     assert all(math.isfinite(r.total) for r in records)
-    assert all(p.dtype == torch.float16 for p in video_unet.parameters() if id(p) not in trainable)
+    assert all(p.dtype == torch.float16 for p in video_unet.frozen_parameters())
 
 
 def test_placed_restores_the_originals_when_the_block_fails(base_weights):
