@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import pathlib
-import platform
 import statistics
 import sys
 import time
@@ -36,7 +35,7 @@ from diffusers import UNet2DConditionModel
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from bench_tune import SD15, TINY  # noqa: E402
+from bench_tune import SD15, TINY, device_label  # noqa: E402
 
 from smooth_core import inflate, invert, sample  # noqa: E402
 
@@ -131,7 +130,7 @@ def main() -> None:
         if device.type == "cuda" and "H100" in torch.cuda.get_device_name(device):
             throughput += f" ({flops / total / H100_BF16_DENSE:.0%} of 989)"
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    name = device_label(device)
     params = sum(p.numel() for p in video_unet.parameters()) / 1e6
     print(f"| {datetime.date.today()} | {name} | torch {torch.__version__}, diffusers {diffusers.__version__} | {options.model} ({params:.0f}M), "
           f"{str(dtype).removeprefix('torch.')} | {options.frames} x {options.size} px | {options.steps} + {options.steps} "

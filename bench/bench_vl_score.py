@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import pathlib
-import platform
 import sys
 import time
 
@@ -23,6 +22,9 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from smooth_core import metrics  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from bench_tune import device_label  # noqa: E402
 
 
 def brute_force(video: torch.Tensor, k: int = 8) -> float:
@@ -61,12 +63,6 @@ SD_VAE = dict(
 )
 
 
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
 def encode_and_score(frames: int, size: int, device: str, repeats: int, chunk_size: int = 16) -> None:
     from diffusers import AutoencoderKL
 
@@ -85,7 +81,7 @@ def encode_and_score(frames: int, size: int, device: str, repeats: int, chunk_si
 
     seconds = timed(job, repeats, device)
     peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device == "cuda" else "n/a"
-    print(f"| {datetime.date.today()} | {device_name(device)} | torch {torch.__version__}, diffusers {diffusers.__version__} | SD VAE, {str(dtype)[6:]} | "
+    print(f"| {datetime.date.today()} | {device_label(torch.device(device))} | torch {torch.__version__}, diffusers {diffusers.__version__} | SD VAE, {str(dtype)[6:]} | "
           f"{frames} x {size} px | {seconds:.2f} s | {frames / seconds:.1f} frames/s | {peak} |")
 
 
@@ -102,7 +98,7 @@ def main() -> None:
     fast = timed(lambda: metrics.vl_score(video).item(), options.repeats, options.device)
     slow = timed(lambda: brute_force(video), 1, options.device)
     diff = abs(metrics.vl_score(video.double()).item() - brute_force(video.double()))
-    print(f"| {datetime.date.today()} | {device_name(options.device)} | torch {torch.__version__}, diffusers {diffusers.__version__} | 24 x 4 x 64 x 64 | "
+    print(f"| {datetime.date.today()} | {device_label(torch.device(options.device))} | torch {torch.__version__}, diffusers {diffusers.__version__} | 24 x 4 x 64 x 64 | "
           f"{fast * 1000:.1f} ms ({24 / fast:.0f} frames/s) | {slow * 1000:.0f} ms | {slow / fast:.0f}x | {diff:.1e} |")
 
 

@@ -25,6 +25,11 @@ def pixel_size(latent) -> str:
     return f"{latent.shape[-1] * 8}x{latent.shape[-2] * 8} px"
 
 
+def latent_size(latent) -> str:
+    """"HxW" of a latent tensor's frames, as tuned weights record it (metadata "latent_size")."""
+    return f"{latent.shape[-2]}x{latent.shape[-1]}"
+
+
 def single_prompt(conditioning, node: str, input_name: str):
     """The one prompt embedding (1, tokens, dim) of a CONDITIONING: these nodes take one prompt per video."""
     if len(conditioning) != 1:

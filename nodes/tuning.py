@@ -17,7 +17,7 @@ import comfy.model_management
 import folder_paths
 
 from ..smooth_core import convert, losses, memory, tune
-from .common import CATEGORY, NODE_PREFIX, Progress, pixel_size, single_prompt, video_frames_latent
+from .common import CATEGORY, NODE_PREFIX, Progress, latent_size, pixel_size, single_prompt, video_frames_latent
 from .plot import loss_curve_image
 from .video_model import VideoUNetAdapter, require_sd15_schedule, require_sd1_eps, source_unet, video_adapter
 
@@ -54,7 +54,7 @@ def base_metadata(model, latents: torch.Tensor, text: torch.Tensor) -> dict[str,
         "base_unet": convert.unet_fingerprint(source_unet(model).state_dict()),
         "unet_patches": video_adapter(model).weight_patches,
         "frames": str(latents.shape[1]),
-        "latent_size": f"{latents.shape[-2]}x{latents.shape[-1]}",
+        "latent_size": latent_size(latents),
         "video_and_prompt": content.hexdigest()[:16],
     }
 

@@ -22,7 +22,7 @@ import comfy.patcher_extension
 import folder_paths
 
 from ..smooth_core import convert, inflate, invert, memory, sample, schedule
-from .common import CATEGORY, NODE_PREFIX, Progress, pixel_size, single_prompt, video_frames_latent
+from .common import CATEGORY, NODE_PREFIX, Progress, latent_size, pixel_size, single_prompt, video_frames_latent
 
 # Tuned weights and tuning checkpoints: ComfyUI/models/smoothvideo/
 folder_paths.add_model_folder_path("smoothvideo", os.path.join(folder_paths.models_dir, "smoothvideo"))
@@ -90,7 +90,9 @@ class VideoUNetAdapter(torch.nn.Module):
     def forward(self, x, timesteps, context=None, control=None, transformer_options={}, **kwargs):
         if control is not None:
             raise ValueError("ControlNet is not supported on an inflated (video) UNet yet; remove the ControlNet")
-        inflate.gather_on(self, x.device)  # after a partial (low VRAM) load by ComfyUI
+        # After a partial (low VRAM) load by ComfyUI. At every call, not in an ON_LOAD callback:
+        # ModelPatcher.partially_load can also unload part of a model without calling load().
+        inflate.gather_on(self, x.device)
         chunks = max(len(transformer_options.get("cond_or_uncond", [])), 1)
         frames = x.shape[0] // chunks
         if self.chunk_size is None:
@@ -319,8 +321,7 @@ def require_tuned_size(model, samples: torch.Tensor) -> None:
     video it tuned on); another size is almost always the wrong frames or the wrong weights."""
     adapter = video_adapter(model)
     tuned = adapter.tuned_latent_size if adapter is not None else None
-    size = f"{samples.shape[-2]}x{samples.shape[-1]}"
-    if tuned is not None and tuned != size:
+    if tuned is not None and tuned != latent_size(samples):
         pixels = "x".join(str(int(n) * 8) for n in tuned.split("x")[::-1])
         raise ValueError(
             f"DDIM Invert Video: this MODEL was tuned on {pixels} px frames (latents {tuned}) but the LATENT's "
