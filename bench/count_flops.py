@@ -190,6 +190,15 @@ def fake_modes(fake: bool) -> contextlib.ExitStack:
     return stack
 
 
+@contextlib.contextmanager
+def prepared(config: dict, frames: int, size: int, fake: bool = True, inflated: bool = True):
+    """(model, latents, text) for one count or estimate, inside the fake modes when `fake`."""
+    model = build_model(config, fake, inflated)
+    with fake_modes(fake):
+        materialize(model, fake)
+        yield (model, *inputs(config, frames, size))
+
+
 def tune_config(gradient_checkpointing: bool, precision: str = "no") -> tune.TuneConfig:
     return tune.TuneConfig(steps=10**6, lambda2=0.2, mixed_precision=precision,
                            gradient_checkpointing=gradient_checkpointing)
@@ -208,10 +217,7 @@ def count(fn, frames: int, kernel: str):
 def count_configuration(config: dict, frames: int, size: int, kernel: str, fake: bool = True) -> dict:
     """Counts for one video shape: forward, tuning step (default, checkpointing)."""
     results = {}
-    model = build_model(config, fake)
-    with fake_modes(fake):
-        materialize(model, fake)
-        latents, text = inputs(config, frames, size)
+    with prepared(config, frames, size, fake) as (model, latents, text):
 
         def forward():
             with torch.no_grad():
@@ -229,10 +235,7 @@ def count_configuration(config: dict, frames: int, size: int, kernel: str, fake:
 
 def count_step_checkpointing(config: dict, frames: int, size: int, kernel: str, blocks: list[str]) -> int:
     """FLOPs of one tuning step with only `blocks` checkpointed (fake tensors)."""
-    model = build_model(config, fake=True)
-    with fake_modes(True):
-        materialize(model, True)
-        latents, text = inputs(config, frames, size)
+    with prepared(config, frames, size) as (model, latents, text):
         tuner = tune.Tuner(model, latents, text, tune_config(False))
         model.enable_gradient_checkpointing(blocks)
         return count(tuner.step, frames, kernel)[0]
@@ -240,10 +243,7 @@ def count_step_checkpointing(config: dict, frames: int, size: int, kernel: str, 
 
 def count_forward(config: dict, frames: int, size: int, videos: int = 1) -> int:
     """FLOPs of one no-grad forward of the inflated UNet on `videos` videos of F frames (fake tensors)."""
-    model = build_model(config, fake=True)
-    with fake_modes(True):
-        materialize(model, True)
-        latents, text = inputs(config, frames, size)
+    with prepared(config, frames, size) as (model, latents, text):
         latents, text = latents.expand(videos, -1, -1, -1, -1), text.expand(videos, -1, -1)
 
         def forward():
@@ -258,10 +258,7 @@ def count_reference(config: dict, frames: int, size: int, kernel: str) -> dict:
     attention, only the attention queries (to_q) trainable; forward and one backward of a
     plain MSE loss (no optimizer), default and with gradient checkpointing."""
     results = {}
-    unet = build_model(config, fake=True, inflated=False)
-    with fake_modes(True):
-        materialize(unet, True)
-        latents, text = inputs(config, frames, size)
+    with prepared(config, frames, size, inflated=False) as (unet, latents, text):
         x = latents.flatten(0, 1)
         context = text.expand(frames, -1, -1)
         t = torch.full((frames,), 981)
@@ -381,10 +378,7 @@ def estimate_memory(config: dict, frames: int, size: int, checkpointing: bool, m
     CUDA bf16 autocast's policy over the forward pass and the loss, as the Tuner's "auto".
     blocks: with checkpointing, checkpoint only these UNet parts (VideoUNet.enable_gradient_checkpointing)."""
     _, precision, frozen = MEMORY_MODES[mode]
-    model = build_model(config, fake=True)
-    with fake_modes(True), contextlib.ExitStack() as stack:
-        materialize(model, True)
-        latents, text = inputs(config, frames, size)
+    with prepared(config, frames, size) as (model, latents, text), contextlib.ExitStack() as stack:
         # Built while every weight is float32: the Tuner runs with mixed_precision "no" and the
         # policy below stands in for CUDA autocast (a Tuner refuses half weights without autocast).
         tuner = tune.Tuner(model, latents, text, tune_config(checkpointing and blocks is None))
