@@ -7,6 +7,16 @@ from comfy_host import load_workflow
 from quick_settings import TINY, quick
 
 
+def tiny_workflow(name: str, video: str, **save_names) -> dict:
+    """The workflow with TINY settings on `video`; save_names maps a One-shot Tune save_name to another."""
+    prompt = quick(load_workflow(name), TINY)
+    prompt["1"]["inputs"]["file"] = video
+    for node in prompt.values():
+        if node["class_type"] == "SmoothVideo_OneShotTune":
+            node["inputs"]["save_name"] = save_names.get(node["inputs"]["save_name"], node["inputs"]["save_name"])
+    return prompt
+
+
 def tune_graph(video: str, **tune_inputs) -> dict:
     """LoadVideo .. One-shot Tune of tune_a_video_smooth (nodes 1-10), TINY settings, one step."""
     full = quick(load_workflow("tune_a_video_smooth"), TINY)

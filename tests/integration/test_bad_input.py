@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from comfy_host import ComfyError, load_workflow, node_output
-from graphs import invert_graph, sampler_graph, save_latent, tune_graph
+from graphs import invert_graph, sampler_graph, tune_graph
 from quick_settings import TINY, quick
 
 pytestmark = pytest.mark.integration

@@ -10,8 +10,8 @@ import uuid
 
 import pytest
 
-from comfy_host import ComfyServer, load_workflow, node_output
-from quick_settings import TINY, quick
+from comfy_host import ComfyServer, node_output
+from graphs import tiny_workflow
 
 pytestmark = pytest.mark.integration
 
@@ -23,9 +23,7 @@ def fp16_server():
 
 
 def test_the_workflow_tunes_inverts_and_samples_a_half_precision_unet(fp16_server, sample_video):
-    prompt = quick(load_workflow("tune_a_video_smooth"), TINY)
-    prompt["1"]["inputs"]["file"] = sample_video[0]
-    prompt["10"]["inputs"]["save_name"] = f"test_fp16_{uuid.uuid4().hex[:6]}"
+    prompt = tiny_workflow("tune_a_video_smooth", sample_video[0], tune_a_video_smooth=f"test_fp16_{uuid.uuid4().hex[:6]}")
     entry = fp16_server.run(prompt)
     losses = node_output(entry, "10")["losses"]
     assert len(losses) == prompt["10"]["inputs"]["steps"]
@@ -37,8 +35,7 @@ def test_the_workflow_tunes_inverts_and_samples_a_half_precision_unet(fp16_serve
 
 
 def test_the_cross_frame_ip2p_workflow_samples_a_half_precision_unet(fp16_server, sample_video):
-    prompt = quick(load_workflow("video_ip2p_t2v_zero_smooth"), TINY)
-    prompt["1"]["inputs"]["file"] = sample_video[0]
+    prompt = tiny_workflow("video_ip2p_t2v_zero_smooth", sample_video[0])
     entry = fp16_server.run(prompt)
     assert math.isfinite(node_output(entry, "17")["vl_score"][0])
     assert node_output(entry, "16")["images"]

@@ -11,19 +11,10 @@ import av
 import pytest
 from safetensors.torch import load_file
 
-from comfy_host import ComfyError, load_workflow, node_output
-from quick_settings import TINY, quick
+from comfy_host import ComfyError, node_output
+from graphs import tiny_workflow
 
 pytestmark = pytest.mark.integration
-
-
-def tiny_workflow(name: str, video: str, **save_names) -> dict:
-    prompt = quick(load_workflow(name), TINY)
-    prompt["1"]["inputs"]["file"] = video
-    for node in prompt.values():
-        if node["class_type"] == "SmoothVideo_OneShotTune":
-            node["inputs"]["save_name"] = save_names.get(node["inputs"]["save_name"], node["inputs"]["save_name"])
-    return prompt
 
 
 def video_frames(server, entry, node_id) -> int:
