@@ -247,23 +247,16 @@ class Tuner:
             # caller's tensors are inference tensors (ComfyUI).
             self.latents = latents.detach().to(device, torch.float32).clone()
             self.text_embeds = text_embeds.detach().to(device, torch.float32).clone()
-            self.optimizer = torch.optim.AdamW(
-                self.trainable_parameters,
-                lr=config.learning_rate,
-                betas=(config.adam_beta1, config.adam_beta2),
-                eps=config.adam_epsilon,
-                weight_decay=config.adam_weight_decay,
-                # One fused kernel per step instead of several per tensor (CUDA; the CPU keeps the
-                # reference implementation the unit tests check bit for bit).
-                fused=device.type == "cuda",
-            )
+            self.optimizer, self._fused = _adamw(self.trainable_parameters, config)
         self.scaler = torch.amp.GradScaler(device.type) if self.precision == "fp16" else None
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
         self.steps_done = 0
 
     def step(self) -> StepRecord:
         """One optimizer step of Eq. 4. On a NaN/inf loss it raises NonFiniteLossError without
-        touching the weights or the step counter (the generator has moved on by one draw)."""
+        touching the weights, the optimizer state or the step counter (the generator has moved on
+        by one draw; with fp16 the gradient scaler has lowered its scale, as for an overflow).
+        The device is read once, at the end of the step (one host sync per step on a GPU)."""
         module = self.video_unet
         was_training = module.training
         module.train()
@@ -298,38 +291,55 @@ class Tuner:
                 smooth = None
 
         step = self.steps_done + 1
-        # One host read for the three values (each .item() waits for the GPU); the loss must be
-        # known before the update anyway, to refuse a NaN step.
-        parts = [total, mse] + ([smooth] if smooth is not None else [])
-        values = torch.stack([v.detach().float() for v in parts]).tolist()
-        total_value, mse_value = values[0], values[1]
-        smooth_value = values[2] if smooth is not None else None
+        # No host read until the update is queued: a NaN or inf step is skipped on the device
+        # (fused AdamW's found_inf, as GradScaler uses it), so the GPU never waits for the host
+        # in the middle of a step; the values come back in one read at its end.
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters, cfg.max_grad_norm)
+            # The scaler skips the update (and lowers its scale) when fp16 gradients overflowed,
+            # which a NaN loss makes them do; only the loss itself is an error.
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            finite = torch.isfinite(total.detach())
+        else:
+            total.backward()
+            norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters, cfg.max_grad_norm)
+            finite = torch.isfinite(total.detach()) & torch.isfinite(norm)
+            self._update_if(finite)
+        parts = [total, mse, norm] + ([smooth] if smooth is not None else [])
+        values = torch.stack([v.detach().float() for v in parts]).tolist()  # the step's one host read
+        self.optimizer.zero_grad(set_to_none=True)
+        total_value, mse_value, norm_value = values[:3]
+        smooth_value = values[3] if smooth is not None else None
         if not math.isfinite(total_value):
             raise NonFiniteLossError(
                 f"the loss is {total_value} at step {step}; the weights were not updated. Lower the learning "
                 f"rate, use mixed_precision 'bf16' or 'no' rather than 'fp16', and check that the latents and "
                 f"text embeddings are sane"
             )
-        if self.scaler is not None:
-            self.scaler.scale(total).backward()
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.trainable_parameters, cfg.max_grad_norm)
-            # The scaler skips the update (and lowers its scale) when fp16 gradients overflowed.
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            total.backward()
-            norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters, cfg.max_grad_norm)
-            if not torch.isfinite(norm):
-                self.optimizer.zero_grad(set_to_none=True)
-                raise NonFiniteLossError(
-                    f"the gradient norm is {norm.item()} at step {step}; the weights were not updated. Lower the "
-                    f"learning rate and check that the latents and text embeddings are sane"
-                )
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None and not math.isfinite(norm_value):
+            raise NonFiniteLossError(
+                f"the gradient norm is {norm_value} at step {step}; the weights were not updated. Lower the "
+                f"learning rate and check that the latents and text embeddings are sane"
+            )
         self.steps_done = step
         return StepRecord(step, total_value, mse_value, smooth_value)
+
+    def _update_if(self, finite: torch.Tensor) -> None:
+        """The optimizer step, skipped where `finite` (a 0-dim device bool) is False."""
+        if self._fused:
+            # Read on the device: the fused kernel returns at once when found_inf is 1 and takes
+            # its step count back, so a skipped step leaves weights and optimizer state as they were.
+            self.optimizer.grad_scale = None
+            self.optimizer.found_inf = (~finite).float()
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.grad_scale, self.optimizer.found_inf
+        elif finite:  # a host read; only where the device has no fused AdamW
+            self.optimizer.step()
 
     def _autocast(self):
         if self.precision == "no":
@@ -546,6 +556,17 @@ def _scalar_from_json(value):
     if isinstance(value, dict) and "tensor" in value:
         return torch.tensor(value["value"], dtype=getattr(torch, value["tensor"]))
     return value
+
+
+def _adamw(parameters: list[torch.Tensor], config: TuneConfig) -> tuple[torch.optim.AdamW, bool]:
+    """AdamW with one fused kernel per step (CUDA, CPU, MPS, XPU), which can also skip a step on the
+    device; torch's per-tensor implementation on devices without one. Returns (optimizer, fused)."""
+    settings = dict(lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                    eps=config.adam_epsilon, weight_decay=config.adam_weight_decay)
+    try:
+        return torch.optim.AdamW(parameters, fused=True, **settings), True
+    except RuntimeError:  # "fused=True requires all the params to be floating point Tensors of supported devices"
+        return torch.optim.AdamW(parameters, **settings), False
 
 
 def matmul_dtype(mixed_precision: str, device: torch.device | str) -> torch.dtype:

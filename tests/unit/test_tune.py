@@ -9,6 +9,7 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 from safetensors import safe_open
+from torch.overrides import TorchFunctionMode
 
 from references import TINY_UNET, ref_alphas_cumprod
 from smooth_core import tune
@@ -400,18 +401,93 @@ def test_matmul_dtype_follows_mixed_precision():
 # ---------------------------------------------------------------- failures and cancel
 
 
-def test_nan_prediction_raises_and_leaves_the_weights_alone(base_weights, monkeypatch):
+@pytest.fixture(params=["fused", "per-tensor"])
+def adamw_kind(request, monkeypatch):
+    """Tuners made under it get fused AdamW (CPU, CUDA: a bad step is skipped on the device), or
+    torch's per-tensor AdamW as on a device without a fused kernel (skipped after a host read)."""
+    if request.param == "per-tensor":
+        adamw = torch.optim.AdamW
+
+        def without_fused(params, fused=None, **settings):
+            if fused:
+                raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of "
+                                   "supported devices")
+            return adamw(params, **settings)
+
+        monkeypatch.setattr(torch.optim, "AdamW", without_fused)
+    return request.param
+
+
+def optimizer_state(tuner):
+    return {(i, k): v.clone() for i, state in enumerate(tuner.optimizer.state.values()) for k, v in state.items()}
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_nan_prediction_raises_and_leaves_the_weights_alone(base_weights, monkeypatch, adamw_kind, precision):
     video_unet = video_unet_from(base_weights)
-    tuner = Tuner(video_unet, toy_video(4), text_embeds(), TuneConfig(steps=3))
+    tuner = Tuner(video_unet, toy_video(4), text_embeds(), TuneConfig(steps=3, mixed_precision=precision))
+    assert tuner._fused == (adamw_kind == "fused")
     tuner.step()
-    before = trainables(video_unet)
-    monkeypatch.setattr(video_unet, "forward", lambda x, t, c: torch.full_like(x, float("nan")))
-    with pytest.raises(NonFiniteLossError, match=r"step 2.*learning rate.*bf16") as info:
+    before, optimizer_before = trainables(video_unet), optimizer_state(tuner)
+    forward = video_unet.forward
+    # NaN out of the model, through the weights: the backward pass runs and its gradients are NaN.
+    monkeypatch.setattr(video_unet, "forward", lambda x, t, c: forward(x, t, c) * float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 2.*learning rate.*bf16") as info:
         tuner.step()
     assert isinstance(info.value, ValueError)
     assert tuner.steps_done == 1
     for k, v in video_unet.trainable_state_dict().items():
-        assert torch.equal(v, before[k])
+        assert torch.equal(v, before[k]), k
+    after = optimizer_state(tuner)
+    assert after.keys() == optimizer_before.keys()
+    for k, v in after.items():  # moments and AdamW's step count: the skipped step left no trace
+        assert torch.equal(v, optimizer_before[k]), k
+    # And the next good step is the second step AdamW takes.
+    monkeypatch.undo()
+    assert tuner.step().step == 2
+    assert all(int(state["step"]) == 2 for state in tuner.optimizer.state.values())
+
+
+def test_nan_gradient_with_a_finite_loss_raises_and_leaves_the_weights_alone(base_weights, adamw_kind):
+    video_unet = video_unet_from(base_weights)
+    tuner = Tuner(video_unet, toy_video(4), text_embeds(), TuneConfig(steps=3))
+    before = trainables(video_unet)
+    # A hook that turns one trainable's gradient into NaN (the loss stays finite).
+    parameter = tuner.trainable_parameters[0]
+    handle = parameter.register_hook(lambda grad: grad * float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"gradient norm is nan at step 1"):
+        tuner.step()
+    handle.remove()
+    assert tuner.steps_done == 0
+    for k, v in video_unet.trainable_state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+class HostReads(TorchFunctionMode):
+    """Records every read of a tensor's values into Python (each one waits for a GPU to finish
+    all the work queued before it)."""
+
+    READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "__len__", "numpy"}
+
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.READS:
+            self.reads.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("setting", [{}, {"mixed_precision": "bf16"}, {"mixed_precision": "fp16"},
+                                     {"gradient_checkpointing": True}, {"lambda2": 0.0}])
+def test_a_step_reads_the_device_once(base_weights, setting):
+    tuner = Tuner(video_unet_from(base_weights), toy_video(4), text_embeds(), TuneConfig(steps=3, **setting))
+    tuner.step()  # the optimizer's state is made at its first step
+    with HostReads() as mode:
+        tuner.step()
+    assert mode.reads == ["tolist"]
 
 
 def test_overflowing_latents_raise_non_finite_loss(base_weights):
