@@ -30,14 +30,17 @@ def correct_noise_sigma_space(
         smooth: lambda1 and lambda3 of Eq. 5.
 
     C (Eq. 2) is computed in float64 from alpha_bar = 1 / (1 + sigma^2) of both levels.
-    Returns the corrected eps, same shape and dtype.
+    Returns the corrected eps, same shape and dtype. NaN or inf pass through unchecked (the
+    sampler checks its result once).
     """
     alpha_bar_t, alpha_bar_prev = schedule.sigma_to_alpha_bar(
         torch.tensor([float(sigma), float(sigma_next)], dtype=torch.float64)
     )
-    c = schedule.c_coefficient(alpha_bar_t, alpha_bar_prev).view(1).to(checks.compute_dtype(eps, x))
+    # C made on eps's device from a Python float: a copy from the host would wait for the GPU.
+    c = torch.full((1,), float(schedule.c_coefficient(alpha_bar_t, alpha_bar_prev)),
+                   dtype=checks.compute_dtype(eps, x), device=eps.device)
     x_vp = x * alpha_bar_t.sqrt().item()
-    return correction.correct_noise(eps[None], x_vp[None], c, smooth.lambda1, smooth.lambda3)[0]
+    return correction.correct_noise(eps[None], x_vp[None], c, smooth.lambda1, smooth.lambda3, check_finite=False)[0]
 
 
 @torch.no_grad()
@@ -73,7 +76,9 @@ def sample_smooth_ddim(
         smooth: the Eq. 5 settings; None or lambda3 = 0 is plain DDIM.
 
     Returns the latents at sigmas[-1]. Raises ValueError before the first model call when
-    the correction is active but there are fewer than 2 frames or the sigmas do not decrease.
+    the correction is active but there are fewer than 2 frames or the sigmas do not decrease,
+    and after the last when the corrected sampling ended in NaN or inf (a model that predicted
+    them; checked once, as a GPU would wait for a check at every step).
     """
     extra_args = {} if extra_args is None else extra_args
     num_steps = len(sigmas) - 1
@@ -87,7 +92,7 @@ def sample_smooth_ddim(
                 f"(frames, channels, height, width), got {tuple(x.shape)}: give it a video's frames, "
                 f"or set lambda3 to 0 for plain DDIM"
             )
-        levels = sigmas.tolist()
+        levels = sigmas.tolist()  # the one host read of the sigmas, before the first step
         if any(not levels[i] > levels[i + 1] >= 0 for i in range(num_steps) if active[i]):
             raise ValueError(
                 "the Smooth Noise Sampler (Eq. 5) needs decreasing sigmas (sampling, not inversion): "
@@ -99,9 +104,11 @@ def sample_smooth_ddim(
         denoised = model(x, sigma * s_in, **extra_args)
         eps = (x - denoised) / sigma
         if active[i]:
-            eps = correct_noise_sigma_space(eps, x, sigma, sigma_next, smooth)
+            eps = correct_noise_sigma_space(eps, x, levels[i], levels[i + 1], smooth)
             denoised = x - sigma * eps
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
         x = x + eps * (sigma_next - sigma)
+    if any(active):  # once, not at every step: a NaN stays NaN to the end
+        checks.require_finite("the latents sampled with the noise correction (Eq. 5)", x)
     return x

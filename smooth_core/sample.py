@@ -164,20 +164,27 @@ def ddim_sample(
 
     Returns the latents after the last step, at level alphas_cumprod[0] (diffusers'
     convention, ~0.99915 for SD 1.x: the pipeline decodes these), same shape and dtype as noise.
+    With `smooth`, a result holding NaN or inf (a model that predicted them) raises ValueError.
     """
     checks.require_video("noise", noise, 1 if smooth is None else 2, "the noise correction (Eq. 5)")
     timesteps, alpha_bars = ddim_schedule(num_steps, alphas_cumprod)
     dtype = checks.compute_dtype(noise)
     x = noise.to(dtype)
+    corrected = False
     for i, t in enumerate(timesteps):
         eps = predict_noise(eps_fn, x, t)
         a_t, a_prev = alpha_bars[i], alpha_bars[i + 1]
         if smooth is not None and smooth.is_active(i, num_steps):
             # C in float64 (fp16 C is ~9% off), one per video: every video is at this step's t.
-            levels = torch.tensor([a_t, a_prev], dtype=torch.float64)
-            c = schedule.c_coefficient(levels[0], levels[1]).to(dtype).expand(x.shape[0]).to(x.device)
-            eps = correction.correct_noise(eps, x, c, smooth.lambda1, smooth.lambda3)
+            # Made on x's device from a Python float: a copy from the host would wait for the GPU.
+            c_value = float(schedule.c_coefficient(torch.tensor(a_t, dtype=torch.float64),
+                                                   torch.tensor(a_prev, dtype=torch.float64)))
+            c = torch.full((x.shape[0],), c_value, dtype=dtype, device=x.device)
+            eps = correction.correct_noise(eps, x, c, smooth.lambda1, smooth.lambda3, check_finite=False)
+            corrected = True
         x = ddim_step(x, eps, a_t, a_prev)
         if callback is not None:
             callback(i, num_steps, x)
+    if corrected:  # once, not at every step: a NaN stays NaN to the end
+        checks.require_finite("the latents sampled with the noise correction (Eq. 5)", x)
     return x.to(noise.dtype)

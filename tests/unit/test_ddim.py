@@ -219,9 +219,9 @@ def test_active_range_selects_the_steps(monkeypatch):
     seen = []
     real = correction.correct_noise
 
-    def spy(eps, x_t, c, lambda1, lambda3):
+    def spy(eps, x_t, c, lambda1, lambda3, **options):
         seen.append(c.clone())
-        return real(eps, x_t, c, lambda1, lambda3)
+        return real(eps, x_t, c, lambda1, lambda3, **options)
 
     monkeypatch.setattr(correction, "correct_noise", spy)
     sample.ddim_sample(nonlinear_predictor(), video(6), 10, smooth=sample.SmoothNoise(start=0.2, end=0.6))
@@ -387,3 +387,32 @@ def test_bad_smooth_settings_are_rejected(kwargs, message):
 def test_bad_alphas_cumprod_is_rejected(acp):
     with pytest.raises(ValueError, match="alphas_cumprod"):
         sample.ddim_sample(lambda x, t: x, video(20), 10, alphas_cumprod=acp)
+
+
+def test_sampling_with_eq5_reads_the_device_only_for_its_final_check():
+    """Meta tensors hold no values, so any read of them on the host fails: every step must run
+    before the sampler looks at the latents once (a read at each step would make a GPU wait for
+    each model call)."""
+    calls = []
+
+    def eps_fn(x, t):
+        calls.append(t)
+        return 0.5 * x
+
+    noise = torch.empty(1, 3, 4, 8, 8, device="meta")
+    with pytest.raises(RuntimeError, match="meta"):
+        sample.ddim_sample(eps_fn, noise, 5, smooth=sample.SmoothNoise())
+    assert len(calls) == 5
+
+
+def test_a_prediction_gone_nan_is_refused_after_the_sampling():
+    predictor, calls = nonlinear_predictor(), []
+
+    def nan_at_the_second_step(x, t):
+        calls.append(t)
+        eps = predictor(x, t)
+        return eps * float("nan") if len(calls) == 2 else eps
+
+    with pytest.raises(ValueError, match="sampled with the noise correction.*NaN or inf"):
+        sample.ddim_sample(nan_at_the_second_step, video(6), 4, smooth=sample.SmoothNoise())
+    assert len(calls) == 4

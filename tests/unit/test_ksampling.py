@@ -202,3 +202,33 @@ def test_callback_reports_every_step_with_the_corrected_estimate():
         assert (changed > 1e-6) == (i >= steps // 2)
     # the last step goes to sigma 0, where x is the (corrected) denoised estimate
     assert torch.allclose(out, seen[-1]["denoised"], rtol=1e-12, atol=1e-12)
+
+
+def test_the_loop_reads_the_device_only_for_its_final_check():
+    """Meta tensors hold no values, so any read of them on the host fails: every step must run
+    before the sampler looks at the latents once (a read at each step would make a GPU wait for
+    each model call). The sigmas are read once before the loop, as ComfyUI hands them over."""
+    sigmas = uniform_sigmas(4)
+    calls = []
+
+    def model(x, sigma, **_):
+        calls.append(sigma)
+        return x * 0.3
+
+    x = torch.empty(FRAMES, CHANNELS, SIDE, SIDE, device="meta", dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="meta"):
+        sample_smooth_ddim(model, x, sigmas, smooth=SmoothNoise(), disable=True)
+    assert len(calls) == 4
+
+
+def test_a_prediction_gone_nan_is_refused_after_the_sampling():
+    sigmas = uniform_sigmas(4)
+    model = LinearDenoiser()
+
+    def nan_at_the_second_step(x, sigma, **extra):
+        denoised = model(x, sigma, **extra)
+        return denoised * float("nan") if model.calls == 2 else denoised
+
+    with pytest.raises(ValueError, match="sampled with the noise correction.*NaN or inf"):
+        sample_smooth_ddim(nan_at_the_second_step, start_noise(sigmas), sigmas, smooth=SmoothNoise(), disable=True)
+    assert model.calls == 4
