@@ -337,13 +337,18 @@ def noise_predictor(model, context: torch.Tensor):
     base = model.model
     device = model.load_device
     sampling = base.model_sampling
+    # Read once: the sigma of every training timestep, and the prompt on the device. Per-step
+    # copies between host and GPU would each wait for the previous step's model call.
+    timesteps = torch.arange(sampling.sigmas.shape[0], dtype=torch.float32)
+    sigma_of = sampling.sigma(timesteps).float().cpu().tolist()
+    context = context.to(device)
 
     def eps_fn(x_vp: torch.Tensor, t: int) -> torch.Tensor:
         frames = x_vp.shape[0] * x_vp.shape[1]
-        sigma = sampling.sigma(torch.tensor([float(t)])).to(device)
-        x = (x_vp.flatten(0, 1).to(device) * (1.0 + sigma**2).sqrt())
-        sigmas = sigma.expand(frames)
-        denoised = base.apply_model(x, sigmas, c_crossattn=context.to(device).expand(frames, -1, -1), transformer_options={})
+        sigma = sigma_of[t]
+        x = x_vp.flatten(0, 1).to(device) * (1.0 + sigma**2) ** 0.5
+        sigmas = torch.full((frames,), sigma, device=device)
+        denoised = base.apply_model(x, sigmas, c_crossattn=context.expand(frames, -1, -1), transformer_options={})
         eps = (x - denoised) / sigma
         return eps.unflatten(0, x_vp.shape[:2]).to(x_vp)
 
@@ -379,7 +384,8 @@ class DDIMInvertVideo(io.ComfyNode):
         context = single_prompt(conditioning, "DDIM Invert Video", "conditioning")
         require_tuned_size(model, samples)
         base = model.model
-        x0 = base.latent_format.process_in(samples.float()).unsqueeze(0)
+        # The DDIM arithmetic between the UNet calls stays on the model's device: no copies per step.
+        x0 = base.latent_format.process_in(samples.float()).unsqueeze(0).to(model.load_device)
         progress = Progress(steps)
         advice = (
             "inversion runs every frame through the UNet at once: use fewer frames or a lower resolution "
