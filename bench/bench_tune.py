@@ -23,6 +23,10 @@ Optimisation variants, for before/after rows on one card (bench/run_gpu.sh):
   --channels-last       the UNet's weights and activations in channels-last memory format
   --compile             torch.compile of the UNet's forward (the compile time is printed apart)
   --profile FILE.md     torch.profiler over 3 steps: the device's busy fraction and top operators
+  --extra-host-syncs    (before) the device synchronised after the forward pass and before the
+                        update, where the Tuner used to read the loss and the gradient norm
+
+On CUDA the row also counts the host syncs of one step (torch.cuda's sync debug mode).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 
 import diffusers
 import torch
@@ -119,6 +124,26 @@ def profile_steps(tuner: tune.Tuner, device: torch.device, path: str, steps: int
     print(f"profile of {steps} steps written to {path}: busy {busy / wall:.0%} of {wall:.3f} s", file=sys.stderr)
 
 
+def count_host_syncs(tuner: tune.Tuner) -> int:
+    """The synchronising CUDA calls of one step, as torch.cuda's sync debug mode reports them."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            tuner.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def add_host_syncs(video_unet, optimizer) -> None:
+    """The previous Tuner's two syncs per step: after the forward pass (the loss read) and before
+    the update (the gradient norm read); for a before/after pair on one card."""
+    video_unet.register_forward_hook(lambda *_: torch.cuda.synchronize())
+    optimizer.register_step_pre_hook(lambda *_: torch.cuda.synchronize())
+
+
 def device_label(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -142,12 +167,16 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--profile", default=None, metavar="FILE.md",
                         help="also profile 3 steps and write the busy fraction and top operators there")
+    parser.add_argument("--extra-host-syncs", action="store_true",
+                        help="(before) synchronise after the forward pass and before the update")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=8, help="timed steps of each kind (lambda2 = 0.2 and 0)")
     options = parser.parse_args()
 
     torch.manual_seed(0)
     device = torch.device(options.device)
+    if options.extra_host_syncs and device.type != "cuda":
+        parser.error("--extra-host-syncs synchronises a CUDA device: use --device cuda")
     weights_dtype = options.weights_dtype or ("fp16" if device.type == "cuda" else "float32")
     video_unet = inflate.inflate_unet(UNet2DConditionModel(**(SD15 if options.model == "sd15" else TINY)))
     for p in video_unet.frozen_parameters():
@@ -181,6 +210,9 @@ def main() -> None:
         tuner = tune.Tuner(video_unet, latents, text, config)
         if options.checkpoint_blocks:
             video_unet.enable_gradient_checkpointing(options.checkpoint_blocks.split(","))
+        if options.extra_host_syncs:
+            add_host_syncs(video_unet, tuner.optimizer)
+            variants.append("2 extra host syncs per step (before)")
         if options.compile:
             started = time.perf_counter()
             tuner.step()  # compiles (the first call at these shapes)
@@ -192,6 +224,11 @@ def main() -> None:
         results = seconds_per_step(tuner, options.warmup, options.steps, device.type)
         peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.type == "cuda" else "n/a"
         precision = tuner.precision
+        if device.type == "cuda":
+            try:
+                variants.append(f"{count_host_syncs(tuner)} host syncs/step")
+            except Exception as error:  # the timing row still counts
+                print(f"counting host syncs failed: {error!r}", file=sys.stderr)
         if options.profile:
             try:
                 profile_steps(tuner, device, options.profile)

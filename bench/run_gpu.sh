@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The GPU benchmarks, in three `device` calls (a call may run 600 s); each part holds its own
-# before/after pairs, as a later call may get another card:
+# The GPU benchmarks. Part 1 measures every target of the issue in one `device` call (a call may
+# run 600 s); parts 2 and 3 hold the before/after pairs of each optimisation, each pair in one call
+# (a later call may get another card):
 #   here:   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 diffusers==0.42.1 -d bench/wheels
-#   device: run(command="bash bench/run_gpu.sh 1", carry=["bench/wheels"])   # tuning, ~5 min
-#           run(command="bash bench/run_gpu.sh 2", carry=["bench/wheels"])   # inversion + sampling, VL, profile
+#   device: run(command="bash bench/run_gpu.sh 1", carry=["bench/wheels"])   # the targets, ~5 min
+#           run(command="bash bench/run_gpu.sh 2", carry=["bench/wheels"])   # before/after, VL score, profile
 #           run(command="bash bench/run_gpu.sh 3", carry=["bench/wheels"])   # torch.compile, channels-last
 # The device image (python3 3.12, torch 2.11, huggingface_hub 1.33, transformers 5.17; see the device
 # tool's KINDS.md) has no diffusers, and this host's diffusers 0.35.2 refuses huggingface_hub >= 1.0
@@ -48,25 +49,28 @@ echo "part $part: $(nvidia-smi --query-gpu=name,memory.total,driver_version --fo
 tune="bench/bench_tune.py --model sd15 --device cuda"
 case $part in
 1)
-  # One-shot Tune's path (frozen weights placed in bf16), default and low-memory mode; then the
-  # same 24 x 512 px step before placement: ComfyUI's fp16 weights moved to the GPU as they are
-  # and cast by autocast at every forward.
-  for frames_size in "8 256" "24 512"; do
-    set -- $frames_size
-    bench $tune --frames "$1" --size "$2"
-    bench $tune --frames "$1" --size "$2" --gradient-checkpointing
-  done
-  bench $tune --frames 24 --size 512 --frozen autocast
-  bench $tune --frames 24 --size 512 --frozen autocast --gradient-checkpointing
-  # Checkpointing only the highest-resolution levels (RESULTS.md: estimated 19.7 / 12.5 GiB at
-  # +18% / +27% FLOPs, against 8.5 GiB at +36% for all and 31.8 GiB for none).
-  bench $tune --frames 24 --size 512 --checkpoint-blocks down_blocks.0,up_blocks.3
-  bench $tune --frames 24 --size 512 --checkpoint-blocks down_blocks.0,down_blocks.1,up_blocks.2,up_blocks.3
+  # The targets: a 24 x 512 px step (<= 0.15 s) and the low-memory peaks (24 x 512 <= 12 GB,
+  # 8 x 256 <= 6 GB) on One-shot Tune's path (frozen weights placed in bf16), the default mode
+  # beside each; then DDIM inversion + 50-step CFG sampling with Eq. 5 (< 20 s; about 3.5 PFLOP of
+  # UNet forwards at 24 x 512 px, ~4 s at the dense bf16 peak) and Eq. 5 against stock DDIM.
+  bench $tune --frames 24 --size 512
+  bench $tune --frames 24 --size 512 --gradient-checkpointing
+  bench $tune --frames 8 --size 256 --gradient-checkpointing
+  bench $tune --frames 8 --size 256
+  bench 240 bench/bench_invert_sample.py --model sd15 --device cuda --frames 24 --size 512 --steps 50 --eq5-overhead 3
   ;;
 2)
-  # DDIM inversion + 50-step CFG sampling with Eq. 5 (about 3.5 PFLOP of UNet forwards at 24 x 512
-  # px: ~4 s at the H100's dense bf16 peak), and Eq. 5 against stock DDIM side by side.
-  bench 300 bench/bench_invert_sample.py --model sd15 --device cuda --frames 24 --size 512 --steps 50 --eq5-overhead 3
+  # Before/after, each against a row of the same call: the frozen weights as ComfyUI holds them
+  # (fp16, cast by autocast at every forward) instead of placed in bf16; the Tuner's former two
+  # host syncs per step; checkpointing only the highest-resolution levels (RESULTS.md: estimated
+  # 19.7 / 12.5 GiB at +18% / +27% FLOPs, against 8.5 GiB at +36% for all and 31.8 GiB for none).
+  bench $tune --frames 24 --size 512
+  bench $tune --frames 24 --size 512 --frozen autocast
+  bench $tune --frames 24 --size 512 --frozen autocast --gradient-checkpointing
+  bench $tune --frames 24 --size 512 --extra-host-syncs
+  bench $tune --frames 8 --size 256 --extra-host-syncs
+  bench $tune --frames 24 --size 512 --checkpoint-blocks down_blocks.0,up_blocks.3
+  bench $tune --frames 24 --size 512 --checkpoint-blocks down_blocks.0,down_blocks.1,up_blocks.2,up_blocks.3
   bench bench/bench_vl_score.py --device cuda
   bench bench/bench_vl_score.py --device cuda --encode 24 512
   # Where a 24 x 512 px step's time goes: device busy fraction and the top operators.
