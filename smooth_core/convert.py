@@ -287,9 +287,16 @@ def _ldm_keys_of(unet: UNet2DConditionModel) -> list[str]:
     return keys
 
 
-def unet_fingerprint(ldm_state_dict: dict[str, torch.Tensor]) -> str:
+def unet_fingerprint(ldm_state_dict: dict[str, torch.Tensor], legacy: bool = False) -> str:
     """A short hash that tells base models apart, cheap at SD1.5 size: every key and shape,
-    and the values of the first and last tensors (tuned weights name the model they fit)."""
+    and the values of the first and last tensors and of the time embedding's first layer
+    (tuned weights name the model they fit).
+
+    The values are hashed rounded to fp16, so that one checkpoint file gives one fingerprint
+    whether ComfyUI holds its UNet in float32 (a CPU) or in fp16 (a GPU): weights tuned on one
+    machine load on the other. (Held in bf16 or fp8, an fp32 or fp16 file fingerprints apart.)
+    `legacy`: the values in float32 as held, the fingerprint of files saved before the rounding
+    (accepted as well when loading them)."""
     sd = _strip_prefix(ldm_state_dict)
     digest = hashlib.sha256()
     names = sorted(sd)
@@ -297,5 +304,6 @@ def unet_fingerprint(ldm_state_dict: dict[str, torch.Tensor]) -> str:
         digest.update(f"{name}:{tuple(sd[name].shape)};".encode())
     for name in (names[0], names[-1], "time_embed.0.weight"):
         if name in sd:
-            digest.update(sd[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            values = sd[name].detach().to("cpu", torch.float32 if legacy else torch.float16)
+            digest.update(values.contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]

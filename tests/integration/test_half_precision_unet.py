@@ -9,6 +9,7 @@ import math
 import uuid
 
 import pytest
+from safetensors.torch import load_file, save_file
 
 from comfy_host import ComfyServer, node_output
 from graphs import tiny_workflow
@@ -39,3 +40,36 @@ def test_the_cross_frame_ip2p_workflow_samples_a_half_precision_unet(fp16_server
     entry = fp16_server.run(prompt)
     assert math.isfinite(node_output(entry, "17")["vl_score"][0])
     assert node_output(entry, "16")["images"]
+
+
+@pytest.fixture(scope="module")
+def float32_unet(server):
+    """The tiny SD1.5 UNet as a float32 file whose values fp16 cannot hold (each scaled by
+    1 + 2**-14), as most published checkpoints are: written once into the hosts' models folder,
+    for Load Diffusion Model."""
+    name = "smoothvideo_tiny_sd15_unet_fp32.safetensors"
+    path = server.base / "models" / "diffusion_models" / name
+    if not path.exists():
+        prefix = "model.diffusion_model."
+        checkpoint = load_file(server.base / "models" / "checkpoints" / "smoothvideo_tiny_sd15.safetensors")
+        unet = {k[len(prefix):]: v.float() * (1 + 2**-14) for k, v in checkpoint.items() if k.startswith(prefix)}
+        save_file(unet, path)
+    return name
+
+
+def test_weights_tuned_on_a_float32_unet_load_on_an_fp16_one(server, fp16_server, sample_video, float32_unet):
+    """One float32 file, held in float32 by one ComfyUI (a CPU) and in fp16 by another (a GPU,
+    here --fp16-unet): weights tuned on the first are for the same base model on the second."""
+    name = f"test_fp32_{uuid.uuid4().hex[:6]}"
+    prompt = tiny_workflow("tune_a_video_smooth", sample_video[0], tune_a_video_smooth=name)
+    prompt["20"] = {"class_type": "UNETLoader", "inputs": {"unet_name": float32_unet, "weight_dtype": "default"}}
+    prompt["9"]["inputs"]["model"] = ["20", 0]
+    tuned = server.run(prompt)
+    prompt["10"] = {"class_type": "SmoothVideo_LoadTunedVideoWeights",
+                    "inputs": {"model": ["9", 0], "weights": f"{name}.safetensors"}}
+    del prompt["19"]  # the loss curve exists only where the tuning ran
+    loaded = fp16_server.run(prompt)
+    score = node_output(loaded, "18")["vl_score"][0]
+    assert math.isfinite(score)
+    # The same tuned model, its frames computed from fp16-rounded base weights: close, not equal.
+    assert score == pytest.approx(node_output(tuned, "18")["vl_score"][0], abs=0.05)

@@ -1,5 +1,7 @@
 """SD1.x UNet weights: LDM / ComfyUI layout <-> diffusers, checked against hand-written layouts."""
 
+import hashlib
+
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
@@ -216,3 +218,29 @@ def test_fingerprint_tells_base_models_apart_and_ignores_the_prefix(one_level_ld
     changed["time_embed.0.weight"] = changed["time_embed.0.weight"] + 1e-3
     assert unet_fingerprint(changed) != same
     assert unet_fingerprint(diffusers_unet_to_ldm(diffusers_unet(TWO_LEVEL))) != same
+
+
+def test_fingerprint_is_the_same_for_a_float32_file_held_in_fp16(one_level_ldm):
+    """ComfyUI holds a float32 checkpoint in float32 on a CPU and in fp16 on a GPU: both must
+    fingerprint as one model, or weights tuned on one machine are refused on the other."""
+    held_in_fp16 = {k: v.half() for k, v in one_level_ldm.items()}
+    assert any(not torch.equal(v.float(), one_level_ldm[k]) for k, v in held_in_fp16.items())  # rounded
+    assert unet_fingerprint(held_in_fp16) == unet_fingerprint(one_level_ldm)
+    # An fp16 file held in float32 (a CPU) is the fp16 file too.
+    assert unet_fingerprint({k: v.float() for k, v in held_in_fp16.items()}) == unet_fingerprint(held_in_fp16)
+    # A change that survives fp16 rounding still tells the models apart.
+    changed = dict(one_level_ldm)
+    changed["time_embed.0.weight"] = changed["time_embed.0.weight"] * 1.01
+    assert unet_fingerprint(changed) != unet_fingerprint(one_level_ldm)
+
+
+def test_legacy_fingerprint_hashes_the_float32_values(one_level_ldm):
+    """Files saved before the fp16 rounding carry this one; it is built by hand here: the keys
+    and shapes in sorted order, then three tensors' float32 bytes, sha256, 16 hex digits."""
+    names = sorted(one_level_ldm)
+    digest = hashlib.sha256("".join(f"{n}:{tuple(one_level_ldm[n].shape)};" for n in names).encode())
+    for name in (names[0], names[-1], "time_embed.0.weight"):
+        digest.update(one_level_ldm[name].float().numpy().tobytes())
+    assert unet_fingerprint(one_level_ldm, legacy=True) == digest.hexdigest()[:16]
+    held_in_fp16 = {k: v.half() for k, v in one_level_ldm.items()}
+    assert unet_fingerprint(held_in_fp16, legacy=True) != unet_fingerprint(one_level_ldm, legacy=True)
