@@ -302,7 +302,6 @@ class Tuner:
             # which a NaN loss makes them do; only the loss itself is an error.
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            finite = torch.isfinite(total.detach())
         else:
             total.backward()
             norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters, cfg.max_grad_norm)

@@ -422,7 +422,7 @@ def optimizer_state(tuner):
     return {(i, k): v.clone() for i, state in enumerate(tuner.optimizer.state.values()) for k, v in state.items()}
 
 
-@pytest.mark.parametrize("precision", ["no", "bf16"])
+@pytest.mark.parametrize("precision", ["no", "bf16", "fp16"])  # fp16: the gradient scaler skips the step
 def test_nan_prediction_raises_and_leaves_the_weights_alone(base_weights, monkeypatch, adamw_kind, precision):
     video_unet = video_unet_from(base_weights)
     tuner = Tuner(video_unet, toy_video(4), text_embeds(), TuneConfig(steps=3, mixed_precision=precision))
