@@ -26,7 +26,8 @@ Optimisation variants, for before/after rows on one card (bench/run_gpu.sh):
   --extra-host-syncs    (before) the device synchronised after the forward pass and before the
                         update, where the Tuner used to read the loss and the gradient norm
 
-On CUDA the row also counts the host syncs of one step (torch.cuda's sync debug mode).
+On CUDA the row also counts the host syncs of one step (torch.cuda's sync debug mode; the copies of
+the step's inputs to the device count too, though nothing is queued when they run).
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ def profile_steps(tuner: tune.Tuner, device: torch.device, path: str, steps: int
 
 
 def count_host_syncs(tuner: tune.Tuner) -> int:
-    """The synchronising CUDA calls of one step, as torch.cuda's sync debug mode reports them."""
+    """The synchronising CUDA calls of one step, as torch.cuda's sync debug mode reports them: the
+    reads of results and the copies of the step's inputs (noise, timesteps, C) to the device."""
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -140,8 +142,10 @@ def count_host_syncs(tuner: tune.Tuner) -> int:
 def add_host_syncs(video_unet, optimizer) -> None:
     """The previous Tuner's two syncs per step: after the forward pass (the loss read) and before
     the update (the gradient norm read); for a before/after pair on one card."""
-    video_unet.register_forward_hook(lambda *_: torch.cuda.synchronize())
-    optimizer.register_step_pre_hook(lambda *_: torch.cuda.synchronize())
+    # A stream sync, as a read is (torch.cuda.synchronize() would wait the same, but the sync debug
+    # mode does not count it).
+    video_unet.register_forward_hook(lambda *_: torch.cuda.current_stream().synchronize())
+    optimizer.register_step_pre_hook(lambda *_: torch.cuda.current_stream().synchronize())
 
 
 def device_label(device: torch.device) -> str:

@@ -247,7 +247,7 @@ class Tuner:
             # caller's tensors are inference tensors (ComfyUI).
             self.latents = latents.detach().to(device, torch.float32).clone()
             self.text_embeds = text_embeds.detach().to(device, torch.float32).clone()
-            self.optimizer, self._fused = _adamw(self.trainable_parameters, config)
+            self.optimizer, self._fused = _adamw(self.trainable_parameters, config, device)
         self.scaler = torch.amp.GradScaler(device.type) if self.precision == "fp16" else None
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
         self.steps_done = 0
@@ -256,7 +256,8 @@ class Tuner:
         """One optimizer step of Eq. 4. On a NaN/inf loss it raises NonFiniteLossError without
         touching the weights, the optimizer state or the step counter (the generator has moved on
         by one draw; with fp16 the gradient scaler has lowered its scale, as for an overflow).
-        The device is read once, at the end of the step (one host sync per step on a GPU)."""
+        The results are read from the device once, at the end of the step; on a GPU the only
+        other syncs are the copies of the step's inputs at its start, when nothing is queued."""
         module = self.video_unet
         was_training = module.training
         module.train()
@@ -421,6 +422,11 @@ class Tuner:
         self.video_unet.load_trainable_state_dict(state["trainable"])
         with torch.inference_mode(False):
             self.optimizer.load_state_dict(state["optimizer"])
+        # The implementation is this machine's choice, not the checkpoint's (whose param groups
+        # say how the optimizer that saved it ran: per-tensor on a CPU before 2026-11-25, or on
+        # a device without a fused kernel).
+        for group in self.optimizer.param_groups:
+            group["fused"], group["foreach"] = (True, None) if self._fused else (None, None)
         self.generator.set_state(state["rng"].to("cpu", torch.uint8))
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
@@ -557,15 +563,20 @@ def _scalar_from_json(value):
     return value
 
 
-def _adamw(parameters: list[torch.Tensor], config: TuneConfig) -> tuple[torch.optim.AdamW, bool]:
-    """AdamW with one fused kernel per step (CUDA, CPU, MPS, XPU), which can also skip a step on the
-    device; torch's per-tensor implementation on devices without one. Returns (optimizer, fused)."""
-    settings = dict(lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-                    eps=config.adam_epsilon, weight_decay=config.adam_weight_decay)
-    try:
-        return torch.optim.AdamW(parameters, fused=True, **settings), True
-    except RuntimeError:  # "fused=True requires all the params to be floating point Tensors of supported devices"
-        return torch.optim.AdamW(parameters, **settings), False
+# Devices whose fused AdamW kernel honours found_inf (skips the update on the device). MPS has a
+# fused kernel that ignores it; others (DirectML, ...) may have none: torch's per-tensor AdamW there.
+_FUSED_ADAMW_DEVICES = {"cuda", "cpu"}
+
+
+def _adamw(parameters: list[torch.Tensor], config: TuneConfig, device: torch.device) -> tuple[torch.optim.AdamW, bool]:
+    """AdamW with one fused kernel per step where that kernel can also skip a step on the device
+    (CUDA, CPU); torch's per-tensor implementation elsewhere. Returns (optimizer, fused)."""
+    fused = device.type in _FUSED_ADAMW_DEVICES
+    optimizer = torch.optim.AdamW(
+        parameters, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_epsilon, weight_decay=config.adam_weight_decay, fused=fused or None,
+    )
+    return optimizer, fused
 
 
 def matmul_dtype(mixed_precision: str, device: torch.device | str) -> torch.dtype:
