@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import trange
 
 from . import checks, correction, schedule
-from .sample import SmoothNoise
+from .sample import SmoothNoise, require_finite_samples
 
 
 def correct_noise_sigma_space(
@@ -110,5 +110,5 @@ def sample_smooth_ddim(
             callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
         x = x + eps * (sigma_next - sigma)
     if any(active):  # once, not at every step: a NaN stays NaN to the end
-        checks.require_finite("the latents sampled with the noise correction (Eq. 5)", x)
+        require_finite_samples(x)
     return x

@@ -123,6 +123,17 @@ class SmoothNoise:
         return self.start <= step_index / num_steps < self.end
 
 
+def require_finite_samples(x: torch.Tensor) -> None:
+    """The check the Eq. 5 samplers make once, after their last step (a check at every step
+    would make a GPU wait for each model call)."""
+    if not torch.isfinite(x).all():
+        raise ValueError(
+            "the sampling ended in NaN or inf latents: the model predicted NaN or inf at some step (a diverged "
+            "tune, or fp16 overflow; Eq. 5 passes such values on). Run the model in float32 or bf16, or re-tune "
+            "with a lower learning_rate"
+        )
+
+
 def predict_noise(eps_fn: NoisePredictor, x: torch.Tensor, t: int) -> torch.Tensor:
     """eps_fn(x, t), checked to have x's shape and cast to x's dtype (the sampler's precision)."""
     eps = eps_fn(x, t)
@@ -186,5 +197,5 @@ def ddim_sample(
         if callback is not None:
             callback(i, num_steps, x)
     if corrected:  # once, not at every step: a NaN stays NaN to the end
-        checks.require_finite("the latents sampled with the noise correction (Eq. 5)", x)
+        require_finite_samples(x)
     return x.to(noise.dtype)

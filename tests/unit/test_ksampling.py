@@ -229,6 +229,6 @@ def test_a_prediction_gone_nan_is_refused_after_the_sampling():
         denoised = model(x, sigma, **extra)
         return denoised * float("nan") if model.calls == 2 else denoised
 
-    with pytest.raises(ValueError, match="sampled with the noise correction.*NaN or inf"):
+    with pytest.raises(ValueError, match="sampling ended in NaN or inf latents.*float32 or bf16"):
         sample_smooth_ddim(nan_at_the_second_step, start_noise(sigmas), sigmas, smooth=SmoothNoise(), disable=True)
     assert model.calls == 4

@@ -460,7 +460,7 @@ class HostReads(TorchFunctionMode):
     """Records every read of a tensor's values into Python (each one waits for a GPU to finish
     all the work queued before it)."""
 
-    READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "__len__", "numpy"}
+    READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy"}
 
     def __init__(self):
         super().__init__()
