@@ -3,8 +3,12 @@ TINY settings of scripts/quick_settings.py."""
 
 import uuid
 
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
 from comfy_host import load_workflow
 from quick_settings import TINY, quick
+from smooth_core.convert import unet_fingerprint
 
 
 def tiny_workflow(name: str, video: str, **save_names) -> dict:
@@ -59,3 +63,16 @@ def sampler_graph(**sampler_inputs) -> dict:
     }
     prompt["5"]["inputs"].update(sampler_inputs)
     return prompt
+
+
+def give_former_base_fingerprint(server, path) -> None:
+    """Rewrites a tuned-weights or checkpoint file as saved before the base fingerprint was
+    rounded to fp16: its base_unet becomes the float32 values' hash as this CPU host holds the
+    tiny fp16 checkpoint."""
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    prefix = "model.diffusion_model."
+    base = load_file(str(server.base / "models" / "checkpoints" / "smoothvideo_tiny_sd15.safetensors"))
+    legacy = unet_fingerprint({k: v.float() for k, v in base.items() if k.startswith(prefix)}, legacy=True)
+    assert legacy != metadata["base_unet"]
+    save_file(load_file(str(path)), str(path), metadata={**metadata, "base_unet": legacy})

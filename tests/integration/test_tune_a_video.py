@@ -9,12 +9,10 @@ import uuid
 
 import av
 import pytest
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from comfy_host import ComfyError, node_output
-from graphs import tiny_workflow
-from smooth_core.convert import unet_fingerprint
+from graphs import give_former_base_fingerprint, tiny_workflow
 
 pytestmark = pytest.mark.integration
 
@@ -118,15 +116,7 @@ def test_a_checkpoint_with_the_former_base_fingerprint_still_resumes(server, sam
     half = tiny_workflow("tune_a_video_smooth", sample_video[0], tune_a_video_smooth=name)
     half["10"]["inputs"].update(steps=2, checkpoint_every=2)
     server.run(half)
-    path = server.base / "models" / "smoothvideo" / f"{name}.checkpoint.safetensors"
-    with safe_open(str(path), "pt") as f:
-        metadata = f.metadata()
-    tensors = load_file(str(path))
-    prefix = "model.diffusion_model."
-    base = load_file(str(server.base / "models" / "checkpoints" / "smoothvideo_tiny_sd15.safetensors"))
-    legacy = unet_fingerprint({k: v.float() for k, v in base.items() if k.startswith(prefix)}, legacy=True)
-    assert legacy != metadata["base_unet"]
-    save_file(tensors, str(path), metadata={**metadata, "base_unet": legacy})
+    give_former_base_fingerprint(server, server.base / "models" / "smoothvideo" / f"{name}.checkpoint.safetensors")
     entry = server.run(tiny_workflow("tune_a_video_smooth", sample_video[0], tune_a_video_smooth=name))
     assert "resumed from the checkpoint at step 2" in node_output(entry, "10")["text"][0]
     assert_same_weights(tuned_weights(server, name), tuned_weights(server, smooth_run[1]))
