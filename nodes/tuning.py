@@ -51,7 +51,7 @@ def base_metadata(model, latents: torch.Tensor, text: torch.Tensor) -> dict[str,
     content = hashlib.sha256(latents.float().cpu().numpy().tobytes())
     content.update(text.float().cpu().numpy().tobytes())
     return {
-        "base_unet": base_fingerprints(model)[0],
+        "base_unet": base_fingerprint(model),
         "unet_patches": video_adapter(model).weight_patches,
         "frames": str(latents.shape[1]),
         "latent_size": latent_size(latents),
@@ -59,11 +59,11 @@ def base_metadata(model, latents: torch.Tensor, text: torch.Tensor) -> dict[str,
     }
 
 
-def base_fingerprints(model) -> tuple[str, str]:
-    """The base UNet's fingerprint, and the one files saved before it was rounded to fp16 carry
-    (those depend on the dtype ComfyUI held the weights in; still accepted)."""
-    weights = source_unet(model).state_dict()
-    return convert.unet_fingerprint(weights), convert.unet_fingerprint(weights, legacy=True)
+def base_fingerprint(model, legacy: bool = False) -> str:
+    """The base UNet's fingerprint; `legacy`: the one files saved before it was rounded to fp16
+    carry (it depends on the dtype ComfyUI held the weights in; still accepted, so it is computed
+    only for a file whose fingerprint is not the current one)."""
+    return convert.unet_fingerprint(source_unet(model).state_dict(), legacy=legacy)
 
 
 def forked_adapter(adapter: VideoUNetAdapter, trainable_dtype: torch.dtype | None = None) -> VideoUNetAdapter:
@@ -175,7 +175,7 @@ class OneShotTune(io.ComfyNode):
                     tuned.video_unet.placed(device, tune.matmul_dtype(config.mixed_precision, device)):
                 tuner = tune.Tuner(tuned.video_unet, latents, text, config)
                 with torch.inference_mode(False):  # loaded optimizer state is updated in place later
-                    history = resume_if_possible(tuner, checkpoint_path, metadata, base_fingerprints(model)[1])
+                    history = resume_if_possible(tuner, checkpoint_path, metadata, model)
                 first_step = tuner.steps_done
                 progress.bar.update_absolute(first_step)
 
@@ -253,8 +253,7 @@ def require_tunable_latent(model, samples: torch.Tensor, variant: str, lambda2: 
         )
 
 
-def resume_if_possible(tuner: tune.Tuner, checkpoint_path: str, metadata: dict[str, str],
-                       legacy_base: str | None = None) -> list[list]:
+def resume_if_possible(tuner: tune.Tuner, checkpoint_path: str, metadata: dict[str, str], model) -> list[list]:
     """Continues from this save_name's checkpoint when it was made for the same base model,
     video and settings (a different run starts anew); returns the loss history so far."""
     if not os.path.exists(checkpoint_path):
@@ -262,7 +261,8 @@ def resume_if_possible(tuner: tune.Tuner, checkpoint_path: str, metadata: dict[s
     state = tune.load_checkpoint(checkpoint_path)
     # Checkpoints from before LoRAs were recorded count as made without one.
     saved = {"unet_patches": "none", **state["metadata"]}
-    if legacy_base and saved.get("base_unet") == legacy_base:  # from before the fingerprint was rounded to fp16
+    if saved.get("base_unet") not in (None, metadata["base_unet"]) \
+            and saved["base_unet"] == base_fingerprint(model, legacy=True):  # saved before the fp16 rounding
         saved["base_unet"] = metadata["base_unet"]
     if any(saved.get(key) != value for key, value in metadata.items() if key != "steps"):
         return []
@@ -299,8 +299,8 @@ class LoadTunedVideoWeights(io.ComfyNode):
         if path is None:
             raise ValueError(f"tuned weights {weights!r} not found in models/smoothvideo/")
         state, metadata = tune.load_tuned_weights(path)
-        base, legacy_base = base_fingerprints(model)
-        if metadata.get("base_unet") not in (None, base, legacy_base):
+        base, recorded = base_fingerprint(model), metadata.get("base_unet")
+        if recorded not in (None, base) and recorded != base_fingerprint(model, legacy=True):
             raise ValueError(
                 f"{weights} was tuned from another base model (UNet {metadata.get('base_unet')}, this one is {base}): "
                 "load the checkpoint it was tuned from"

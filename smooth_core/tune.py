@@ -426,7 +426,7 @@ class Tuner:
         # say how the optimizer that saved it ran: per-tensor on a CPU before 2026-11-25, or on
         # a device without a fused kernel).
         for group in self.optimizer.param_groups:
-            group["fused"], group["foreach"] = (True, None) if self._fused else (None, None)
+            group["fused"], group["foreach"] = self._fused or None, None
         self.generator.set_state(state["rng"].to("cpu", torch.uint8))
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])

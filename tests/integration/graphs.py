@@ -71,8 +71,13 @@ def give_former_base_fingerprint(server, path) -> None:
     tiny fp16 checkpoint."""
     with safe_open(str(path), "pt") as f:
         metadata = f.metadata()
-    prefix = "model.diffusion_model."
-    base = load_file(str(server.base / "models" / "checkpoints" / "smoothvideo_tiny_sd15.safetensors"))
-    legacy = unet_fingerprint({k: v.float() for k, v in base.items() if k.startswith(prefix)}, legacy=True)
+    legacy = unet_fingerprint({k: v.float() for k, v in tiny_unet_weights(server).items()}, legacy=True)
     assert legacy != metadata["base_unet"]
     save_file(load_file(str(path)), str(path), metadata={**metadata, "base_unet": legacy})
+
+
+def tiny_unet_weights(server) -> dict:
+    """The UNet tensors of the tiny SD1.5 checkpoint (fp16), keys without "model.diffusion_model."."""
+    prefix = "model.diffusion_model."
+    checkpoint = load_file(str(server.base / "models" / "checkpoints" / "smoothvideo_tiny_sd15.safetensors"))
+    return {k[len(prefix):]: v for k, v in checkpoint.items() if k.startswith(prefix)}

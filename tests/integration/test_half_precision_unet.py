@@ -9,10 +9,10 @@ import math
 import uuid
 
 import pytest
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from comfy_host import ComfyServer, node_output
-from graphs import tiny_workflow
+from graphs import tiny_unet_weights, tiny_workflow
 
 pytestmark = pytest.mark.integration
 
@@ -50,10 +50,7 @@ def float32_unet(server):
     name = "smoothvideo_tiny_sd15_unet_fp32.safetensors"
     path = server.base / "models" / "diffusion_models" / name
     if not path.exists():
-        prefix = "model.diffusion_model."
-        checkpoint = load_file(server.base / "models" / "checkpoints" / "smoothvideo_tiny_sd15.safetensors")
-        unet = {k[len(prefix):]: v.float() * (1 + 2**-14) for k, v in checkpoint.items() if k.startswith(prefix)}
-        save_file(unet, path)
+        save_file({k: v.float() * (1 + 2**-14) for k, v in tiny_unet_weights(server).items()}, path)
     return name
 
 
