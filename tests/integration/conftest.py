@@ -8,18 +8,31 @@ import pytest
 SCRIPTS = pathlib.Path(__file__).resolve().parents[2] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
-from comfy_host import ComfyServer  # noqa: E402
+from comfy_host import HOSTS, ComfyServer  # noqa: E402
 from make_sample_video import render_frames, write_video  # noqa: E402
 
 
 PROBE_NODES = pathlib.Path(__file__).resolve().parent / "probe_nodes"
+FIRST_HOST = next(iter(HOSTS))
+
+
+@pytest.fixture(scope="session", params=list(HOSTS), ids=[f"comfyui-{version}" for version in HOSTS])
+def host(request):
+    """Every integration test runs once per ComfyUI version (the test id names it): (version, host folder)."""
+    version, folder = request.param, HOSTS[request.param]
+    # No skip for the first host: without it the integration tests must fail, naming the set-up step.
+    if version != FIRST_HOST and not (folder / "ComfyUI" / "main.py").exists():
+        pytest.skip(f"ComfyUI {version} host not built: scripts/setup_host.sh builds it when "
+                    f"../shared/hosts/comfyui-{version} (or $SMOOTHVIDEO_COMFYUI_0172) holds its source")
+    return version, folder
 
 
 @pytest.fixture(scope="session")
-def server():
-    # No skip: without a host the integration tests must fail, naming the set-up step.
+def server(host):
     # probe_nodes/ adds a test-only node that counts live objects inside the server.
-    with ComfyServer(extra_custom_nodes=(PROBE_NODES,)) as running:
+    version, folder = host
+    with ComfyServer(folder, extra_custom_nodes=(PROBE_NODES,)) as running:
+        assert running.version == version
         yield running
 
 

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def fp16_server():
-    with ComfyServer(extra_args=("--fp16-unet",)) as running:
+def fp16_server(host):
+    with ComfyServer(host[1], extra_args=("--fp16-unet",)) as running:
         yield running
 
 
