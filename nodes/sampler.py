@@ -9,7 +9,7 @@ from comfy_api.latest import io
 import comfy.model_sampling
 import comfy.samplers
 
-from ..smooth_core import memory
+from ..smooth_core import checks, memory
 from ..smooth_core.ksampling import sample_smooth_ddim
 from ..smooth_core.sample import SmoothNoise
 from .common import CATEGORY, NODE_PREFIX, pixel_size
@@ -46,7 +46,7 @@ def smooth_ddim_in_comfy(model, x, sigmas, *args, smooth: SmoothNoise | None = N
         "use fewer frames or a lower resolution (Select Video Frames); with Cross-frame Attention, "
         "a lower chunk_size runs fewer frames per UNet call"
     )
-    with memory.explain_out_of_memory(f"sampling {x.shape[0]} frames of {pixel_size(x)}", advice):
+    with memory.explain_out_of_memory(f"sampling {checks.frames(x.shape[0])} of {pixel_size(x)}", advice):
         return sample_smooth_ddim(model, x, sigmas, *args, smooth=smooth, **kwargs)
 
 
@@ -95,6 +95,9 @@ class SmoothNoiseSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, lambda1, lambda3, start_percent, end_percent) -> io.NodeOutput:
+        for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
+            if not 0.0 <= value <= 1.0:  # NaN over the API (ComfyUI's min/max checks let it through)
+                raise ValueError(f"{name} must be a number from 0 to 1 (a fraction of the steps), got {value}")
         if not start_percent <= end_percent:
             raise ValueError(
                 f"start_percent ({start_percent}) is after end_percent ({end_percent}): "

@@ -16,7 +16,7 @@ from comfy_api.latest import io, ui
 import comfy.model_management
 import folder_paths
 
-from ..smooth_core import convert, losses, memory, tune
+from ..smooth_core import checks, convert, losses, memory, tune
 from .common import CATEGORY, NODE_PREFIX, Progress, latent_size, pixel_size, single_prompt, video_frames_latent
 from .plot import loss_curve_image
 from .video_model import VideoUNetAdapter, require_sd15_schedule, require_sd1_eps, source_unet, video_adapter
@@ -33,15 +33,71 @@ def require_video_model(model, node: str) -> VideoUNetAdapter:
 
 
 def weights_path(save_name: str, suffix: str) -> str:
-    """models/smoothvideo/<save_name><suffix>; the name may not leave that folder."""
+    """models/smoothvideo/<save_name><suffix>; the name may not leave that folder, reach another
+    name's files, or make a file name (with a save's temporary suffix) longer than the folder allows."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 _.-]*", save_name) or ".." in save_name:
         raise ValueError(
             f"save_name {save_name!r} must be a plain file name (letters, digits, space, _ . -; no / or ..): "
             "tuned weights are saved in models/smoothvideo/"
         )
+    if save_name.lower().endswith(CHECKPOINT_SUFFIX.removesuffix(WEIGHTS_SUFFIX)):
+        owner = save_name[: -len(".checkpoint")]
+        raise ValueError(
+            f"save_name {save_name!r} ends in .checkpoint: its weights would be the file that holds the "
+            f"tuning checkpoint of save_name {owner!r}; choose a name that does not end in .checkpoint"
+        )
     folder = folder_paths.get_folder_paths("smoothvideo")[0]
     os.makedirs(folder, exist_ok=True)
+    try:
+        name_max = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    # The longest name a tune writes: the checkpoint's temporary file.
+    longest = len((save_name + CHECKPOINT_SUFFIX).encode()) + tune.TEMPORARY_SUFFIX_LENGTH
+    if longest > name_max:
+        fits = name_max - len(CHECKPOINT_SUFFIX) - tune.TEMPORARY_SUFFIX_LENGTH
+        raise ValueError(
+            f"save_name is {len(save_name.encode())} characters long, but at most {fits} fit: the files saved as "
+            f"models/smoothvideo/<save_name>{CHECKPOINT_SUFFIX} (and their temporary copies) may have names of "
+            f"at most {name_max} characters here; choose a shorter save_name"
+        )
     return os.path.join(folder, save_name + suffix)
+
+
+def remove_temporary_files(*paths: str) -> None:
+    """Deletes what saves of these files left behind when their process was killed mid-write.
+    ComfyUI runs one prompt at a time, so no save of this name is under way now."""
+    for path in paths:
+        for stale in tune.temporary_files(path):
+            try:
+                os.remove(stale)
+            except FileNotFoundError:
+                pass
+
+
+def save_tuned_weights_safely(video_unet, path: str, metadata: dict[str, str]) -> None:
+    """The finished tune's weights at `path`; if that write fails, under a name of its own beside
+    it, and an error that says where (the tune is not lost to a full name, a read-only file...)."""
+    try:
+        tune.save_tuned_weights(video_unet, path, metadata)
+        return
+    except OSError as error:
+        failure = error
+    folder = os.path.dirname(path)
+    fallback = os.path.join(folder, f"smoothvideo_tuned_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}{WEIGHTS_SUFFIX}")
+    try:
+        tune.save_tuned_weights(video_unet, fallback, metadata)
+    except OSError as error:
+        raise OSError(
+            f"the tuned weights could not be written to models/smoothvideo/{os.path.basename(path)} "
+            f"({failure.strerror or failure}) nor to {os.path.basename(fallback)} ({error.strerror or error}): "
+            "free disk space or fix the folder's permissions, then re-run (the last checkpoint is kept)"
+        ) from failure
+    raise OSError(
+        f"the tuned weights could not be written to models/smoothvideo/{os.path.basename(path)} "
+        f"({failure.strerror or failure}); they are saved as models/smoothvideo/{os.path.basename(fallback)} "
+        "instead: choose that file in Load Tuned Video Weights"
+    ) from failure
 
 
 def base_metadata(model, latents: torch.Tensor, text: torch.Tensor) -> dict[str, str]:
@@ -143,6 +199,7 @@ class OneShotTune(io.ComfyNode):
         text = single_prompt(positive, "One-shot Tune", "positive").float()
         final_path = weights_path(save_name, WEIGHTS_SUFFIX)
         checkpoint_path = weights_path(save_name, CHECKPOINT_SUFFIX)
+        remove_temporary_files(final_path, checkpoint_path)
         # Checkpoints are written by this node (they carry the loss history for the curve).
         device = comfy.model_management.get_torch_device()
         config = tune.TuneConfig(
@@ -161,6 +218,7 @@ class OneShotTune(io.ComfyNode):
         progress = Progress(steps)
         history: list[list] = []
         first_step = 0
+        notes: list[str] = []
 
         advice = (
             "turn on gradient_checkpointing, or use fewer frames or a lower resolution (Select Video Frames). "
@@ -171,11 +229,11 @@ class OneShotTune(io.ComfyNode):
         tuner = None
         try:
             # Placed inside the explanation: copying the weights to the GPU can run out of memory too.
-            with memory.explain_out_of_memory(f"tuning {latents.shape[1]} frames of {pixel_size(samples)}", advice), \
+            with memory.explain_out_of_memory(f"tuning {checks.frames(latents.shape[1])} of {pixel_size(samples)}", advice), \
                     tuned.video_unet.placed(device, tune.matmul_dtype(config.mixed_precision, device)):
                 tuner = tune.Tuner(tuned.video_unet, latents, text, config)
                 with torch.inference_mode(False):  # loaded optimizer state is updated in place later
-                    history = resume_if_possible(tuner, checkpoint_path, metadata, model)
+                    history = resume_if_possible(tuner, checkpoint_path, metadata, model, notes)
                 first_step = tuner.steps_done
                 progress.bar.update_absolute(first_step)
 
@@ -196,7 +254,7 @@ class OneShotTune(io.ComfyNode):
             tuner = None
             comfy.model_management.soft_empty_cache()
         tuned.video_unet.requires_grad_(False).eval()
-        tune.save_tuned_weights(tuned.video_unet, final_path, metadata)  # the float32 weights
+        save_tuned_weights_safely(tuned.video_unet, final_path, metadata)  # the float32 weights
         cast_trainables(tuned.video_unet, adapter.dtype)
         seconds = time.time() - started
         ran = max(steps - first_step, 0)
@@ -208,10 +266,11 @@ class OneShotTune(io.ComfyNode):
         })
         total, mse, smooth = history[-1]
         summary = (
-            f"tuned {ran} steps in {seconds:.1f} s ({seconds / max(ran, 1):.2f} s/step)"
+            f"tuned {ran} step{'' if ran == 1 else 's'} in {seconds:.1f} s ({seconds / max(ran, 1):.2f} s/step)"
             + (f", resumed from the checkpoint at step {first_step}" if first_step else "")
             + f"\nfinal loss {total:.4f} (mse {mse:.4f}, smooth {smooth if smooth is not None else float('nan'):.4f})"
             + f"\nsaved models/smoothvideo/{os.path.basename(final_path)}"
+            + "".join(f"\n{note}" for note in notes)
         )
         tuned.tuned_latent_size = metadata["latent_size"]
         patched = model.clone()
@@ -253,12 +312,24 @@ def require_tunable_latent(model, samples: torch.Tensor, variant: str, lambda2: 
         )
 
 
-def resume_if_possible(tuner: tune.Tuner, checkpoint_path: str, metadata: dict[str, str], model) -> list[list]:
+def resume_if_possible(tuner: tune.Tuner, checkpoint_path: str, metadata: dict[str, str], model,
+                       notes: list[str]) -> list[list]:
     """Continues from this save_name's checkpoint when it was made for the same base model,
-    video and settings (a different run starts anew); returns the loss history so far."""
+    video and settings (a different run starts anew); returns the loss history so far. A
+    checkpoint that cannot be read (cut short, damaged) is set aside, and the tune starts anew
+    with a note for the user: it must not block its name."""
     if not os.path.exists(checkpoint_path):
         return []
-    state = tune.load_checkpoint(checkpoint_path)
+    try:
+        state = tune.load_checkpoint(checkpoint_path)
+    except Exception as error:  # safetensors' own error, a wrong format, bad JSON
+        aside = checkpoint_path + ".damaged"
+        os.replace(checkpoint_path, aside)
+        notes.append(
+            f"the checkpoint models/smoothvideo/{os.path.basename(checkpoint_path)} could not be read "
+            f"({readable_reason(error)}): it was set aside as {os.path.basename(aside)} and the tune started anew"
+        )
+        return []
     # Checkpoints from before LoRAs were recorded count as made without one.
     saved = {"unet_patches": "none", **state["metadata"]}
     if saved.get("base_unet") not in (None, metadata["base_unet"]) \
@@ -271,6 +342,13 @@ def resume_if_possible(tuner: tune.Tuner, checkpoint_path: str, metadata: dict[s
     except ValueError:
         return []
     return json.loads(saved["history"])
+
+
+def readable_reason(error: Exception) -> str:
+    """What went wrong reading a file, in a few words, without the path (the message names the file)."""
+    text = str(error).strip() or type(error).__name__
+    text = re.sub(r"\S*/\S*", "", text).strip(" :")  # a path inside the library's message
+    return text[:200]
 
 
 class LoadTunedVideoWeights(io.ComfyNode):
@@ -295,15 +373,32 @@ class LoadTunedVideoWeights(io.ComfyNode):
     @classmethod
     def execute(cls, model, weights) -> io.NodeOutput:
         adapter = require_video_model(model, "Load Tuned Video Weights")
+        if weights.endswith(CHECKPOINT_SUFFIX):
+            raise ValueError(
+                f"{weights} is a tuning checkpoint (One-shot Tune resumes from it), not tuned weights: choose "
+                f"{weights.removesuffix(CHECKPOINT_SUFFIX) + WEIGHTS_SUFFIX}, which One-shot Tune writes when it ends"
+            )
         path = folder_paths.get_full_path("smoothvideo", weights)
         if path is None:
             raise ValueError(f"tuned weights {weights!r} not found in models/smoothvideo/")
-        state, metadata = tune.load_tuned_weights(path)
+        try:
+            state, metadata = tune.load_tuned_weights(path)
+        except Exception as error:  # safetensors' own error, a wrong format
+            raise ValueError(
+                f"{weights} cannot be read as tuned weights ({readable_reason(error)}): the file is damaged, cut "
+                "short or not written by One-shot Tune; re-run One-shot Tune to write it again, or choose another file"
+            ) from None
         base, recorded = base_fingerprint(model), metadata.get("base_unet")
         if recorded not in (None, base) and recorded != base_fingerprint(model, legacy=True):
             raise ValueError(
                 f"{weights} was tuned from another base model (UNet {metadata.get('base_unet')}, this one is {base}): "
                 "load the checkpoint it was tuned from"
+            )
+        tuned_attention = metadata.get("attention")
+        if tuned_attention not in (None, adapter.attention):
+            raise ValueError(
+                f"{weights} was tuned with {tuned_attention} attention, but this MODEL's Inflate UNet uses "
+                f"{adapter.attention}: set Inflate UNet's attention to {tuned_attention}"
             )
         tuned_patches = metadata.get("unet_patches")  # absent in files from before LoRAs were recorded
         if tuned_patches not in (None, adapter.weight_patches):

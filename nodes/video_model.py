@@ -21,11 +21,14 @@ import comfy.model_sampling
 import comfy.patcher_extension
 import folder_paths
 
-from ..smooth_core import convert, inflate, invert, memory, sample, schedule
+from ..smooth_core import checks, convert, inflate, invert, memory, sample, schedule
 from .common import CATEGORY, NODE_PREFIX, Progress, latent_size, pixel_size, single_prompt, video_frames_latent
 
 # Tuned weights and tuning checkpoints: ComfyUI/models/smoothvideo/
 folder_paths.add_model_folder_path("smoothvideo", os.path.join(folder_paths.models_dir, "smoothvideo"))
+# Only .safetensors files are tuned weights: a save's temporary file or a damaged checkpoint set
+# aside is not listed (an empty set would list every file).
+folder_paths.folder_names_and_paths["smoothvideo"][1].add(".safetensors")
 
 
 # Top-level parts of ComfyUI's SD1.x UNet, where weight patch keys point (diffusion_model.<part>...).
@@ -391,7 +394,7 @@ class DDIMInvertVideo(io.ComfyNode):
             "inversion runs every frame through the UNet at once: use fewer frames or a lower resolution "
             "(Select Video Frames)"
         )
-        with memory.explain_out_of_memory(f"inverting {samples.shape[0]} frames of {pixel_size(samples)}", advice):
+        with memory.explain_out_of_memory(f"inverting {checks.frames(samples.shape[0])} of {pixel_size(samples)}", advice):
             noise_vp = invert.ddim_invert(
                 noise_predictor(model, context), x0, num_steps=steps, callback=lambda i, n, x: progress.step()
             )

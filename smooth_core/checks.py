@@ -9,6 +9,11 @@ from __future__ import annotations
 import torch
 
 
+def frames(count: int) -> str:
+    """'1 frame', '2 frames': a frame count in a message."""
+    return f"{count} frame" + ("" if count == 1 else "s")
+
+
 def require_video(name: str, video: torch.Tensor, min_frames: int, why: str) -> None:
     """A (b, f, c, h, w) tensor with at least `min_frames` frames; `why` names the need."""
     if not isinstance(video, torch.Tensor):

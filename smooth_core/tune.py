@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import re
+import secrets
 from dataclasses import asdict, dataclass
 
 import torch
@@ -31,12 +32,14 @@ __all__ = [
     "NonFiniteLossError",
     "StepRecord",
     "TuneConfig",
+    "TEMPORARY_SUFFIX_LENGTH",
     "Tuner",
     "load_checkpoint",
     "load_tuned_weights",
     "matmul_dtype",
     "save_checkpoint",
     "save_tuned_weights",
+    "temporary_files",
 ]
 
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
@@ -511,13 +514,30 @@ def load_tuned_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor]
     return _load(path, _WEIGHTS_FORMAT)
 
 
+# The temporary file of an atomic save: "<file name>.<8 hex digits>.tmp" beside the file.
+TEMPORARY_SUFFIX_LENGTH = len(".01234567.tmp")
+
+
+def temporary_files(path: str | os.PathLike) -> list[str]:
+    """The temporary files that saves of `path` left behind (a killed process leaves them)."""
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    pattern = re.compile(re.escape(name) + r"\.[0-9a-f]{8}\.tmp")
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if pattern.fullmatch(f)) if os.path.isdir(folder) else []
+
+
 def _atomic_save(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str]) -> None:
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    # Same folder, so os.replace is a rename on one file system.
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    os.close(fd)
+    # Same folder, so os.replace is a rename on one file system. Created with mode 0666 less the
+    # umask, as any file the process writes (mkstemp's 0600 would make the saved file private).
+    while True:
+        tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
         save_file(tensors, tmp, metadata=metadata)
         os.replace(tmp, path)

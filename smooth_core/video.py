@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .checks import frames as n_frames
+
 
 def select_frames(frames: torch.Tensor, start: int = 0, count: int = 0, stride: int = 1) -> torch.Tensor:
     """frames[start : start + count*stride : stride]; count = 0 takes every frame from start on.
@@ -17,13 +19,13 @@ def select_frames(frames: torch.Tensor, start: int = 0, count: int = 0, stride: 
     if start < 0 or stride < 1 or count < 0:
         raise ValueError(f"start must be >= 0, stride >= 1 and count >= 0 (got start={start}, stride={stride}, count={count})")
     if start >= total:
-        raise ValueError(f"start={start} is past the end of the video ({total} frames); lower start")
+        raise ValueError(f"start={start} is past the end of the video ({n_frames(total)}); lower start")
     stop = total if count == 0 else min(total, start + count * stride)
     selected = frames[start:stop:stride]
     if count and selected.shape[0] < count:
         raise ValueError(
-            f"asked for {count} frames from frame {start} every {stride}, but the video has only "
-            f"{total} frames ({selected.shape[0]} available); lower count or stride"
+            f"asked for {n_frames(count)} from frame {start} every {stride}, but the video has only "
+            f"{n_frames(total)} ({selected.shape[0]} available); lower count or stride"
         )
     return selected
 
