@@ -69,4 +69,5 @@ def test_weights_tuned_on_a_float32_unet_load_on_an_fp16_one(server, fp16_server
     score = node_output(loaded, "18")["vl_score"][0]
     assert math.isfinite(score)
     # The same tuned model, its frames computed from fp16-rounded base weights: close, not equal.
-    assert score == pytest.approx(node_output(tuned, "18")["vl_score"][0], abs=0.05)
+    # Base weights rounded to fp16 (<= FP16_EPS/2 = 4.9e-4 each): a few FP16_EPS of a score <= 1 (1.2e-4 measured).
+    assert score == pytest.approx(node_output(tuned, "18")["vl_score"][0], abs=8 * 9.77e-4)

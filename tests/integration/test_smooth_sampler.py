@@ -79,7 +79,8 @@ def test_nodes_are_listed_with_their_types(server):
 def test_lambda3_zero_equals_the_stock_ddim_sampler(text_to_image_latents):
     stock, off = text_to_image_latents["stock"], text_to_image_latents["off"]
     assert stock.shape == (4, 4, 8, 8)
-    assert torch.allclose(off, stock, atol=1e-5, rtol=0)
+    # The same float32 Euler steps: equal up to summation order, 8 float32 eps of the latents' scale (~70).
+    assert (off - stock).abs().max() <= 8 * 1.19e-7 * stock.abs().max()
 
 
 def test_lambda3_changes_the_result(text_to_image_latents):
@@ -150,6 +151,7 @@ def test_same_noise_gives_identical_frames_on_a_per_frame_model_and_is_seeded(se
     first, other, again = (saved_latent(server, entry, "10") for entry in (first, other, again))
     assert first.shape == (4, 4, 8, 8)
     # a plain checkpoint sees every frame alike: same noise in, same frame out (Eq. 5 is then a no-op)
-    assert all(torch.equal(first[0], frame) for frame in first[1:])
-    assert torch.equal(first, again)
+    # Equal up to float32 summation order: 8 eps of the latents' scale (~60); another seed moves them by ~60.
+    assert all((frame - first[0]).abs().max() <= 8 * 1.19e-7 * first.abs().max() for frame in first[1:])
+    assert (first - again).abs().max() <= 8 * 1.19e-7 * first.abs().max()
     assert (first - other).abs().max() > 1e-2

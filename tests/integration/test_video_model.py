@@ -45,15 +45,16 @@ def test_inflated_model_equals_2d_model_on_a_still_video(server, sample_video, a
     plain = saved_latent(server, server.run(sampling_prompt(sample_video[0], None, True)), "20")
     video = saved_latent(server, server.run(sampling_prompt(sample_video[0], attention, True)), "20")
     assert plain.shape == video.shape == (4, 4, 8, 8)
-    assert torch.allclose(plain, video, atol=1e-4, rtol=1e-4)
+    # ComfyUI's and the diffusers float32 UNet, 3 steps: ~17 eps of the latents' scale (~36) measured; 2e-5 = ~170 eps.
+    assert (video - plain).abs().max() <= 2e-5 * plain.abs().max()
 
 
 def test_inflated_model_is_what_the_stock_sampler_runs(server, sample_video):
     plain = saved_latent(server, server.run(sampling_prompt(sample_video[0], None, False)), "20")
     video = saved_latent(server, server.run(sampling_prompt(sample_video[0], "sparse_causal", False)), "20")
     # Different frames: frame 0 attends only to itself in both, later frames see other frames.
-    assert torch.allclose(plain[0], video[0], atol=1e-4, rtol=1e-4)
-    assert (plain[1:] - video[1:]).abs().max() > 1e-3
+    assert (video[0] - plain[0]).abs().max() <= 2e-5 * plain.abs().max()  # two float32 UNets: ~170 eps of the scale
+    assert (plain[1:] - video[1:]).abs().max() > 1e-2 * plain.abs().max()  # measured ~0.16 of the scale
 
 
 LORA_LAYERS = {  # the tiny UNet's Linear layers a test LoRA changes: name -> (out, in)
@@ -96,13 +97,13 @@ def test_a_lora_before_inflate_unet_is_carried_into_the_video_model(server, samp
     server.run(sampling_prompt(sample_video[0], "sparse_causal", True, steps=2))
     plain_lora = saved_latent(server, server.run(with_lora(sampling_prompt(sample_video[0], None, True), lora)), "20")
     video_lora = saved_latent(server, server.run(with_lora(sampling_prompt(sample_video[0], "sparse_causal", True), lora)), "20")
-    assert torch.allclose(plain_lora, video_lora, atol=1e-4, rtol=1e-4)
+    assert (video_lora - plain_lora).abs().max() <= 2e-5 * plain_lora.abs().max()  # two float32 UNets: ~170 eps of the scale
     # The LoRA's clone is still loaded, its weights patched in place in the shared UNet: a plain
     # MODEL inflated now must not pick them up.
     video = saved_latent(server, server.run(sampling_prompt(sample_video[0], "sparse_causal", True)), "20")
     plain = saved_latent(server, server.run(sampling_prompt(sample_video[0], None, True)), "20")
-    assert torch.allclose(plain, video, atol=1e-4, rtol=1e-4)
-    assert (video_lora - video).abs().max() > 1e-3  # the LoRA does change the result
+    assert (video - plain).abs().max() <= 2e-5 * plain.abs().max()  # two float32 UNets: ~170 eps of the scale
+    assert (video_lora - video).abs().max() > 1e-2 * video.abs().max()  # the LoRA does change the result (~0.5 of the scale)
 
 
 def test_a_lora_after_inflate_unet_names_the_fix(server, sample_video, lora):
@@ -114,7 +115,7 @@ def test_a_lora_after_inflate_unet_names_the_fix(server, sample_video, lora):
     # The next prompt on the same checkpoint runs, and the video model is as before.
     video = saved_latent(server, server.run(sampling_prompt(sample_video[0], "sparse_causal", True)), "20")
     plain = saved_latent(server, server.run(sampling_prompt(sample_video[0], None, True)), "20")
-    assert torch.allclose(plain, video, atol=1e-4, rtol=1e-4)
+    assert (video - plain).abs().max() <= 2e-5 * plain.abs().max()  # two float32 UNets: ~170 eps of the scale
 
 
 def test_tuned_weights_load_only_onto_the_loras_they_were_tuned_with(server, sample_video, lora):

@@ -1,7 +1,15 @@
 """What the unit tests share: independent float64 references of the paper's formulas, written
-as plainly as possible (Python floats and explicit loops), and the tiny UNet configuration."""
+as plainly as possible (Python floats and explicit loops), the tiny UNet configuration and
+the float epsilons the tolerances are written in."""
 
 import math
+
+import torch
+
+# Machine epsilons (spacing of floats at 1.0), the unit of the tests' float32 / half tolerances.
+FLOAT32_EPS = torch.finfo(torch.float32).eps  # 1.19e-7
+BF16_EPS = torch.finfo(torch.bfloat16).eps  # 7.8e-3
+FP16_EPS = torch.finfo(torch.float16).eps  # 9.8e-4
 
 
 def ref_alphas_cumprod() -> list[float]:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from references import ref_c
+from references import FLOAT32_EPS, ref_c
 from smooth_core import sample, schedule
 from smooth_core.ksampling import sample_smooth_ddim
 from smooth_core.sample import SmoothNoise
@@ -123,7 +123,8 @@ def test_float32_stays_close_to_the_float64_reference():
     ref = ref_smooth_ddim(LinearDenoiser(), x, sigmas, 1000.0, 0.5, [True] * 8)
     out = sample_smooth_ddim(LinearDenoiser(torch.float32), x.float(), sigmas.float(), smooth=SmoothNoise(), disable=True)
     assert out.dtype == torch.float32
-    assert torch.allclose(out.double(), ref, rtol=1e-4, atol=1e-4)
+    # float32 latents up to |x| ~ 25: 8 steps of ~4 roundings each, <= ~32 eps of the largest value.
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=32 * FLOAT32_EPS * ref.abs().max().item())
 
 
 @pytest.mark.parametrize("start, end", [(0.0, 0.5), (0.5, 1.0), (0.25, 0.75), (0.5, 0.5)])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from references import ref_alphas_cumprod, ref_c, ref_eq5
+from references import FLOAT32_EPS, ref_alphas_cumprod, ref_c, ref_eq5
 from smooth_core import correction, losses, metrics, schedule
 
 # ---------------------------------------------------------------- references (float64, loops)
@@ -149,7 +149,8 @@ def test_smooth_loss_half_inputs_computed_in_float32():
     half = losses.smooth_loss(eps.half(), x.half(), c)
     assert half.dtype == torch.float32
     ref = ref_smooth_loss(eps.half().double(), x.half().double(), c.double(), 1000.0, "cross_frame", "l1")
-    assert half.item() == pytest.approx(ref.item(), rel=1e-5)
+    # float32: ~6 roundings per residual (on operands ~2x its size), then a 36-term mean: <= ~24 eps.
+    assert half.item() == pytest.approx(ref.item(), rel=32 * FLOAT32_EPS)
 
 
 @pytest.mark.parametrize("variant, frames", [("cross_frame", 2), ("simple", 2), ("native", 1), ("simple_first", 1)])
@@ -180,11 +181,13 @@ def test_total_loss_is_mse_plus_weighted_smooth():
     eps, noise, x = (torch.randn(1, 4, 2, 3, 3, generator=g) for _ in range(3))
     c = torch.tensor([-200.0])
     total, mse, smooth = losses.total_loss(eps, noise, x, c, lambda2=0.2)
-    assert mse.item() == pytest.approx(((eps - noise) ** 2).mean().item(), rel=1e-6)
-    assert smooth.item() == pytest.approx(ref_smooth_loss(eps.double(), x.double(), c.double(), 1000.0, "cross_frame", "l1").item(), rel=1e-5)
-    assert total.item() == pytest.approx(mse.item() + 0.2 * smooth.item(), rel=1e-6)
+    # float32 vs float64: a difference, a square and a 72-term mean summed in 8 lanes: <= ~8 eps.
+    assert mse.item() == pytest.approx(((eps.double() - noise.double()) ** 2).mean().item(), rel=16 * FLOAT32_EPS)
+    # float32: ~6 roundings per residual (on operands ~2x its size), then a 36-term mean: <= ~24 eps.
+    assert smooth.item() == pytest.approx(ref_smooth_loss(eps.double(), x.double(), c.double(), 1000.0, "cross_frame", "l1").item(), rel=32 * FLOAT32_EPS)
+    assert total.item() == pytest.approx(mse.item() + 0.2 * smooth.item(), rel=2 * FLOAT32_EPS)  # float32: <= 2 roundings
     baseline, _, _ = losses.total_loss(eps, noise, x, c, lambda2=0.0)
-    assert baseline.item() == pytest.approx(mse.item(), rel=1e-7)
+    assert baseline.item() == mse.item()  # lambda2 = 0: the MSE itself, the same float32 reduction
 
 
 def test_baseline_total_loss_backpropagates_only_the_mse_but_still_reports_the_smooth_term():
@@ -196,9 +199,12 @@ def test_baseline_total_loss_backpropagates_only_the_mse_but_still_reports_the_s
     c = torch.tensor([-200.0])
     total, mse, smooth = losses.total_loss(eps, noise, x, c, lambda2=0.0)
     assert not smooth.requires_grad
-    assert smooth.item() == pytest.approx(ref_smooth_loss(eps.detach().double(), x.double(), c.double(), 1000.0, "cross_frame", "l1").item(), rel=1e-5)
+    # float32: ~6 roundings per residual (on operands ~2x its size), then a 36-term mean: <= ~24 eps.
+    assert smooth.item() == pytest.approx(ref_smooth_loss(eps.detach().double(), x.double(), c.double(), 1000.0, "cross_frame", "l1").item(), rel=32 * FLOAT32_EPS)
     total.backward()
-    torch.testing.assert_close(eps.grad, 2 * (eps.detach() - noise) / eps.numel(), rtol=1e-6, atol=0)
+    expected = 2 * (eps.detach().double() - noise.double()) / eps.numel()
+    # float32 gradient, 2/N * (eps - noise): 3 roundings of eps/2 each, elementwise.
+    torch.testing.assert_close(eps.grad.double(), expected, rtol=4 * FLOAT32_EPS, atol=0)
 
 
 # ---------------------------------------------------------------- Eq. 5
@@ -247,7 +253,8 @@ def test_vl_score_matches_brute_force(k, size):
     got = metrics.vl_score(video, k=k)
     assert got.shape == (2,)
     for i in range(2):
-        assert got[i].item() == pytest.approx(ref_vl(video[i], k), abs=1e-6)
+        # float64: cosines <= 1 from <= 90-term dot products, rounding ~1e-14 (DESIGN asks 1e-6).
+        assert got[i].item() == pytest.approx(ref_vl(video[i], k), abs=1e-10)
     single = metrics.vl_score(video[0], k=k)
     assert single.dim() == 0 and single.item() == pytest.approx(got[0].item(), abs=1e-12)
 

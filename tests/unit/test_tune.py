@@ -11,7 +11,7 @@ from diffusers import UNet2DConditionModel
 from safetensors import safe_open
 from torch.overrides import TorchFunctionMode
 
-from references import TINY_UNET, ref_alphas_cumprod
+from references import FLOAT32_EPS, TINY_UNET, ref_alphas_cumprod
 from smooth_core import tune
 from smooth_core.inflate import inflate_unet
 from smooth_core.tune import NonFiniteLossError, TuneConfig, Tuner
@@ -134,12 +134,14 @@ def test_one_step_matches_a_hand_written_reference(base_weights):
     record = Tuner(video_unet, latents, context, config).step()
 
     assert record.step == 1
-    assert record.total == pytest.approx(reference_loss, abs=1e-6)
-    assert record.total == pytest.approx(record.mse + config.lambda2 * record.smooth, abs=1e-6)
+    # float32 loss vs the reference's float64 one (same UNet output): ~4k-term blockwise means, <= ~8 eps.
+    assert record.total == pytest.approx(reference_loss, rel=8 * FLOAT32_EPS)
+    assert record.total == pytest.approx(record.mse + config.lambda2 * record.smooth, rel=2 * FLOAT32_EPS)  # 2 float32 roundings
     tuned = video_unet.trainable_state_dict()
     assert tuned.keys() == reference.keys()
     for k in reference:
-        torch.testing.assert_close(tuned[k].double(), reference[k], atol=1e-6, rtol=0, msg=k)
+        # float32 weights up to ~1 (the norms) after one AdamW step: a few roundings of eps/2 each.
+        torch.testing.assert_close(tuned[k].double(), reference[k], atol=8 * FLOAT32_EPS, rtol=0, msg=k)
 
 
 # ---------------------------------------------------------------- what the loop does
@@ -202,9 +204,10 @@ def test_gradient_checkpointing_gives_the_same_step(base_weights):
         record = Tuner(video_unet, toy_video(4), text_embeds(), config).step()
         results.append((record, video_unet.trainable_state_dict()))
     (plain, plain_weights), (checkpointed, checkpointed_weights) = results
-    assert checkpointed.total == pytest.approx(plain.total, abs=1e-6)
+    # float32 (the Tuner's dtype), the same kernels run again: a few roundings of a loss ~1 and of weights <= ~1.
+    assert checkpointed.total == pytest.approx(plain.total, rel=8 * FLOAT32_EPS)
     for k in plain_weights:
-        torch.testing.assert_close(checkpointed_weights[k], plain_weights[k], atol=1e-6, rtol=0)
+        torch.testing.assert_close(checkpointed_weights[k], plain_weights[k], atol=8 * FLOAT32_EPS, rtol=0)
 
 
 def test_short_video_with_lambda2_zero_tunes_without_a_smooth_term(base_weights):
@@ -264,9 +267,10 @@ def test_frozen_weights_placed_in_bf16_give_autocast_steps(base_weights):
             records = Tuner(video_unet, toy_video(4), text_embeds(), config).run()
         runs.append(([r.total for r in records], trainables(video_unet)))
     (autocast_losses, autocast_weights), (placed_losses, placed_weights) = runs
-    assert placed_losses == pytest.approx(autocast_losses, rel=1e-5)
-    for k in autocast_weights:
-        torch.testing.assert_close(placed_weights[k], autocast_weights[k], rtol=1e-4, atol=1e-7)
+    # The same bf16 operands: float32 reduction order only (one frozen layer 1 bf16 ulp off: ~600 eps).
+    assert placed_losses == pytest.approx(autocast_losses, rel=64 * FLOAT32_EPS)
+    for k in autocast_weights:  # float32 weights <= ~1: a few roundings of eps/2
+        torch.testing.assert_close(placed_weights[k], autocast_weights[k], atol=8 * FLOAT32_EPS, rtol=0)
 
 
 def test_placed_copies_leave_the_shared_originals_alone(base_weights):
@@ -562,9 +566,10 @@ def test_a_checkpoint_resumes_whichever_adamw_saved_it(base_weights, tmp_path, m
         resumed = tuner.run()
     straight = Tuner(video_unet_from(base_weights), latents, context, config).run()
     assert [r.step for r in resumed] == [3, 4]
-    # The two implementations round apart (~1 ulp per update); the run goes on where it was.
+    # The two implementations round apart (~1 ulp per update: the next losses move ~1 eps); the run
+    # goes on where it was.
     for mine, theirs in zip(resumed, straight[2:]):
-        assert mine.total == pytest.approx(theirs.total, rel=1e-4)
+        assert mine.total == pytest.approx(theirs.total, rel=32 * FLOAT32_EPS)
 
 
 def test_checkpoint_is_an_atomically_written_safetensors_file(base_weights, tmp_path):
