@@ -5,12 +5,50 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
+import comfy.model_management
 import comfy.utils
 
 from ..smooth_core import metrics, video
 from .common import CATEGORY, NODE_PREFIX, Progress
 
 NOT_COMPUTED = -1.0
+# Peak memory of ComfyUI's SD VAE encoder on a CPU for one float32 frame of P pixels: about
+# A * P + B * P**2 bytes (the mid-block attention over the P / 64 latent positions grows with P**2).
+# Measured (peak RSS growth, torch 2.14, 2-core x86-64): 0.62, 2.89, 7.10, 13.46 GiB at 256, 512,
+# 768, 1024 px square; this fit is within 2% of them from 512 px up and above them below. ComfyUI's
+# own estimate (1767 * 4 bytes per pixel) is about half, so its batching alone can exhaust the RAM.
+ENCODE_BYTES_PER_PIXEL, ENCODE_BYTES_PER_PIXEL_SQUARED = 11_300, 0.0025
+MEMORY_MARGIN = 0.9  # of what the system reports free
+
+
+def cpu_encode_bytes(pixels: int, dtype: torch.dtype = torch.float32) -> float:
+    """Estimated peak bytes of VAE-encoding one frame of `pixels` pixels on the CPU."""
+    return (ENCODE_BYTES_PER_PIXEL * pixels + ENCODE_BYTES_PER_PIXEL_SQUARED * pixels**2) * dtype.itemsize / 4
+
+
+def frames_per_encode(vae, images: torch.Tensor, chunk_size: int, node: str = "VL Score") -> int:
+    """How many frames one VAE encode may take (at most chunk_size) so that a CPU's memory holds
+    it; frames of which not even one fits are refused, naming the size that does. On a CPU the
+    operating system kills the whole server when memory runs out (no error to catch); on a GPU
+    running out is an error, which ComfyUI answers by encoding in tiles."""
+    device = torch.device(getattr(vae, "device", "cpu"))
+    if device.type != "cpu":
+        return chunk_size
+    height, width = images.shape[1:3]
+    need = cpu_encode_bytes(height * width, getattr(vae, "vae_dtype", torch.float32))
+    free = comfy.model_management.get_free_memory(device)
+    budget = MEMORY_MARGIN * free
+    if need > budget:
+        a, b = ENCODE_BYTES_PER_PIXEL, ENCODE_BYTES_PER_PIXEL_SQUARED
+        fits = (-a + (a * a + 4 * b * budget) ** 0.5) / (2 * b)  # pixels: a P + b P^2 = budget
+        scale = (fits / (height * width)) ** 0.5
+        fit_w, fit_h = (max(8, int(side * scale) // 8 * 8) for side in (width, height))
+        raise ValueError(
+            f"{node}: VAE-encoding one {width}x{height} frame needs about {need / 2**30:.1f} GiB of memory on the "
+            f"CPU, but {free / 2**30:.1f} GiB are free: select frames of at most {fit_w}x{fit_h} px (Select Video "
+            "Frames width and height), or free memory"
+        )
+    return max(1, min(chunk_size, int(budget // need)))
 
 
 def encode_latents(vae, images: torch.Tensor, chunk_size: int, progress: Progress | None = None) -> torch.Tensor:
@@ -77,9 +115,10 @@ class VLScore(io.ComfyNode):
                 f"VL Score: k={k} does not fit frames of {images.shape[2]}x{images.shape[1]} "
                 f"(latent side {latent_side}); lower k below {latent_side} or use larger frames"
             )
-        chunks = -(-frames // chunk_size)
-        progress = Progress(chunks + (chunks if clip_vision is not None else 0))
-        latents = encode_latents(vae, images, chunk_size, progress)
+        per_encode = frames_per_encode(vae, images, chunk_size)
+        encodes, chunks = -(-frames // per_encode), -(-frames // chunk_size)
+        progress = Progress(encodes + (chunks if clip_vision is not None else 0))
+        latents = encode_latents(vae, images, per_encode, progress)
         vl = float(metrics.vl_score(latents, k=k))
         clip_f = clip_t = NOT_COMPUTED
         if clip_vision is not None:

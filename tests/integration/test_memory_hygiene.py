@@ -10,7 +10,7 @@ import pathlib
 
 import pytest
 
-from comfy_host import ComfyError
+from comfy_host import ComfyError, load_workflow, node_output
 from graphs import tune_graph
 
 pytestmark = pytest.mark.integration
@@ -68,3 +68,21 @@ def test_a_cancelled_tuning_run_releases_its_models(server, sample_video):
     with pytest.raises(ComfyError, match="interrupted"):
         server.wait(prompt_id, timeout=120)
     assert probe(server) == {"Tuner": 0, "VideoUNet": 0, "VideoUNetAdapter": 0, "Optimizer": 0}
+
+
+def test_frames_too_large_to_encode_are_refused_and_the_server_stays_bounded(server, sample_video):
+    """8 frames of 4096 x 4096 px into VL Score: one such frame needs far more memory to VAE-encode
+    than a machine has (before, the server grew past 21 GB on a 24 GB machine until the kernel
+    killed it, and every queued prompt with it). Refused before encoding; then a normal run."""
+    prompt = load_workflow("vl_score")
+    prompt["1"]["inputs"]["file"] = sample_video[0]
+    before = resident_bytes(server)
+    prompt["3"]["inputs"].update(count=8, width=4096, height=4096)
+    with pytest.raises(ComfyError, match=r"VAE-encoding one 4096x4096 frame needs about \d+\.\d GiB of memory on the CPU, "
+                                         r"but \d+\.\d GiB are free: select frames of at most \d+x\d+ px"):
+        server.run(prompt, timeout=300)
+    # What is left is the 8 selected frames ComfyUI caches (8 x 4096^2 x 3 float32: 1.5 GiB).
+    assert resident_bytes(server) - before < 3 * 2**30
+    prompt["3"]["inputs"].update(count=4, width=80, height=80)
+    assert -1.0 <= node_output(server.run(prompt), "5")["vl_score"][0] <= 1.0
+    assert resident_bytes(server) - before < 3 * 2**30
