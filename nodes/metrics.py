@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import av
 import torch
 from comfy_api.latest import io
 
 import comfy.model_management
 import comfy.utils
 
-from ..smooth_core import metrics, video
+from ..smooth_core import metrics
+from ..smooth_core.video import crop_to_multiple, select_frames
 from .common import CATEGORY, NODE_PREFIX, Progress
 
 NOT_COMPUTED = -1.0
@@ -141,6 +143,24 @@ class VLScore(io.ComfyNode):
         return io.NodeOutput(vl, clip_f, clip_t, ui=scores)
 
 
+def decode_video_stream(video) -> torch.Tensor:
+    """All frames of a VIDEO's first video stream, (f, h, w, 3), reading nothing else: a file (Load
+    Video) is decoded here without its audio, to uint8 (a quarter of the float frames' memory until
+    the selection); other VIDEOs (Create Video) give their float frames."""
+    if not hasattr(video, "get_stream_source"):
+        return video.get_components().images
+    source = video.get_stream_source()
+    if hasattr(source, "seek"):
+        source.seek(0)
+    with av.open(source, mode="r") as container:
+        if not container.streams.video:
+            raise ValueError("Select Video Frames: this file has no video stream")
+        frames = [torch.from_numpy(frame.to_ndarray(format="rgb24")) for frame in container.decode(video=0)]
+    if not frames:
+        raise ValueError("Select Video Frames: the video stream holds no frames; re-export the video")
+    return torch.stack(frames)
+
+
 class SelectVideoFrames(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -153,7 +173,10 @@ class SelectVideoFrames(io.ComfyNode):
                 "UNet accept (multiples of 8). Tune-A-Video uses 24 frames at 512 px (8 at 256 px to try quickly)."
             ),
             inputs=[
-                io.Image.Input("images", tooltip="All frames of the video (e.g. from Get Video Components)."),
+                io.Image.Input(
+                    "images", optional=True,
+                    tooltip="All frames of the video (e.g. from Get Video Components). Or connect video instead.",
+                ),
                 io.Int.Input("start", default=0, min=0, max=100000, tooltip="First frame taken (0-based)."),
                 io.Int.Input("count", default=24, min=0, max=100000, tooltip="Frames taken; 0 takes all from start."),
                 io.Int.Input("stride", default=1, min=1, max=1000, tooltip="Take every stride-th frame (lowers the frame rate)."),
@@ -165,19 +188,34 @@ class SelectVideoFrames(io.ComfyNode):
                     "height", default=512, min=0, max=4096, step=8,
                     tooltip="Output height, a multiple of 8; 0 keeps the height (cropped down to a multiple of 8).",
                 ),
+                io.Video.Input(
+                    "video", optional=True,
+                    tooltip="Instead of images: the VIDEO of Load Video, whose video stream alone is read (a file whose "
+                    "audio track cannot be decoded stops Get Video Components, not this).",
+                ),
             ],
             outputs=[io.Image.Output(display_name="images", tooltip="The selected frames, as an image batch.")],
         )
 
     @classmethod
-    def execute(cls, images, start, count, stride, width, height) -> io.NodeOutput:
+    def execute(cls, start, count, stride, width, height, images=None, video=None) -> io.NodeOutput:
         if width % 8 or height % 8:
             raise ValueError(f"width and height must be multiples of 8 (got {width}x{height}); or 0 to keep the size")
-        frames = video.select_frames(images, start, count, stride)
+        if (images is None) == (video is None):
+            raise ValueError(
+                "Select Video Frames takes one source: connect images (from Get Video Components) or video (from Load "
+                "Video), not " + ("both" if images is not None else "neither")
+            )
+        if video is not None:
+            frames = select_frames(decode_video_stream(video), start, count, stride)
+            if frames.dtype == torch.uint8:
+                frames = frames.float() / 255.0
+        else:
+            frames = select_frames(images, start, count, stride)
         if width or height:
             target_w = width or frames.shape[2]
             target_h = height or frames.shape[1]
             frames = comfy.utils.common_upscale(frames.movedim(-1, 1), target_w, target_h, "bilinear", "center").movedim(1, -1)
-        return io.NodeOutput(video.crop_to_multiple(frames, 8))
+        return io.NodeOutput(crop_to_multiple(frames, 8))
 
 NODES = [VLScore, SelectVideoFrames]

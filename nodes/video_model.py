@@ -358,6 +358,28 @@ def noise_predictor(model, context: torch.Tensor):
     return eps_fn
 
 
+def require_inversion_schedule(model_sampling, steps: int, sigmas: torch.Tensor) -> None:
+    """The sampler's SIGMAS are the DDIM schedule this inversion runs along (its timesteps, then 0):
+    the inverted noise is the starting point of that schedule and of no other."""
+    timesteps = sample.ddim_timesteps(steps).tolist()
+    expected = model_sampling.sigma(torch.tensor(timesteps, dtype=torch.float32)).tolist() + [0.0]
+    given = sigmas.detach().float().cpu().flatten().tolist()
+    described = f"{len(given) - 1} steps from sigma {given[0]:.3f}" if given else "no steps"
+    if len(given) != len(expected):
+        fix = f"set DDIM Invert Video's steps to {len(given) - 1}" if len(given) > 1 else "give the sampler steps"
+        raise ValueError(
+            f"DDIM Invert Video inverts along {steps} DDIM steps (timesteps {timesteps[0]} to 1), but the sampler's "
+            f"SIGMAS hold {described}: the inverted noise would not be their starting point; {fix}, or the "
+            "scheduler's steps to match (ddim_uniform, denoise 1)"
+        )
+    if any(abs(g - e) > 1e-4 * max(e, 1e-2) for g, e in zip(given, expected)):
+        raise ValueError(
+            f"the sampler's SIGMAS ({described}) are not the ddim_uniform schedule of {steps} steps that DDIM "
+            f"Invert Video inverts along (from sigma {expected[0]:.3f}): use BasicScheduler with ddim_uniform and "
+            "denoise 1 for the sampler"
+        )
+
+
 class DDIMInvertVideo(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -375,18 +397,26 @@ class DDIMInvertVideo(io.ComfyNode):
                 io.Latent.Input("latent", tooltip="The source video's latents (VAE Encode of its frames; frames = batch)."),
                 io.Conditioning.Input("conditioning", tooltip="The inversion prompt; Tune-A-Video uses an empty prompt."),
                 io.Int.Input("steps", default=50, min=1, max=999, tooltip="DDIM steps; use the same number in the sampler's ddim_uniform scheduler (50 in the paper)."),
+                io.Sigmas.Input(
+                    "sigmas", optional=True,
+                    tooltip="The SIGMAS the sampler will use (BasicScheduler, ddim_uniform). Connected, a schedule other than "
+                    "this inversion's (another step count, scheduler or denoise) is refused instead of sampling from noise "
+                    "that does not belong to it.",
+                ),
             ],
             outputs=[io.Latent.Output(display_name="noise", tooltip="The inverted noise, scaled for SamplerCustom with add_noise off.")],
         )
 
     @classmethod
-    def execute(cls, model, latent, conditioning, steps) -> io.NodeOutput:
+    def execute(cls, model, latent, conditioning, steps, sigmas=None) -> io.NodeOutput:
         require_sd1_eps(model)
         require_sd15_schedule(model, "DDIM Invert Video")
         samples = video_frames_latent(latent, "DDIM Invert Video")
         context = single_prompt(conditioning, "DDIM Invert Video", "conditioning")
         require_tuned_size(model, samples)
         base = model.model
+        if sigmas is not None:
+            require_inversion_schedule(base.model_sampling, steps, sigmas)
         # The DDIM arithmetic between the UNet calls stays on the model's device: no copies per step.
         x0 = base.latent_format.process_in(samples.float()).unsqueeze(0).to(model.load_device)
         progress = Progress(steps)

@@ -239,3 +239,20 @@ def test_zero_terminal_snr_schedule_is_refused_by_tuning_and_inversion(server, s
     invert["11"]["inputs"]["model"] = ["20", 0]
     error = history_error(server, invert, "DDIM Invert Video: this MODEL's " + message)
     assert error["node_type"] == "SmoothVideo_DDIMInvertVideo"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"steps": 7}, r"inverts along 4 DDIM steps \(timesteps 751 to 1\), but the sampler's SIGMAS hold 7 steps from "
+                   r"sigma \d+\.\d+: .*set DDIM Invert Video's steps to 7"),
+    ({"steps": 2}, r"SIGMAS hold 2 steps .*set DDIM Invert Video's steps to 2"),
+    ({"scheduler": "karras"}, r"SIGMAS \(4 steps from sigma \d+\.\d+\) are not the ddim_uniform schedule of 4 steps"),
+    ({"denoise": 0.5}, r"SIGMAS \(4 steps from sigma \d+\.\d+\) are not the ddim_uniform schedule of 4 steps"),
+], ids=["7_steps", "2_steps", "karras", "denoise"])
+def test_an_inversion_that_does_not_match_the_samplers_schedule_is_refused(server, sample_video, change, message):
+    """The Tune-A-Video workflows give DDIM Invert Video the sampler's SIGMAS: inverted noise is the
+    starting point of one schedule only (before, 4 inversion steps into a 7-step sampler ran)."""
+    prompt = quick(load_workflow("tune_a_video_smooth"), TINY)
+    prompt["1"]["inputs"]["file"] = sample_video[0]
+    prompt["10"]["inputs"].update(steps=1, save_name=f"test_{uuid.uuid4().hex[:6]}")
+    prompt["13"]["inputs"].update(change)
+    assert history_error(server, prompt, message)["node_type"] == "SmoothVideo_DDIMInvertVideo"
