@@ -28,7 +28,7 @@ def cpu_encode_bytes(pixels: int, dtype: torch.dtype = torch.float32) -> float:
     return (ENCODE_BYTES_PER_PIXEL * pixels + ENCODE_BYTES_PER_PIXEL_SQUARED * pixels**2) * dtype.itemsize / 4
 
 
-def frames_per_encode(vae, images: torch.Tensor, chunk_size: int, node: str = "VL Score") -> int:
+def frames_per_encode(vae, images: torch.Tensor, chunk_size: int) -> int:
     """How many frames one VAE encode may take (at most chunk_size) so that a CPU's memory holds
     it; frames of which not even one fits are refused, naming the size that does. On a CPU the
     operating system kills the whole server when memory runs out (no error to catch); on a GPU
@@ -46,7 +46,7 @@ def frames_per_encode(vae, images: torch.Tensor, chunk_size: int, node: str = "V
         scale = (fits / (height * width)) ** 0.5
         fit_w, fit_h = (max(8, int(side * scale) // 8 * 8) for side in (width, height))
         raise ValueError(
-            f"{node}: VAE-encoding one {width}x{height} frame needs about {need / 2**30:.1f} GiB of memory on the "
+            f"VL Score: VAE-encoding one {width}x{height} frame needs about {need / 2**30:.1f} GiB of memory on the "
             f"CPU, but {free / 2**30:.1f} GiB are free: select frames of at most {fit_w}x{fit_h} px (Select Video "
             "Frames width and height), or free memory"
         )
