@@ -13,7 +13,7 @@ from ..smooth_core import checks, memory
 from ..smooth_core.ksampling import sample_smooth_ddim
 from ..smooth_core.sample import SmoothNoise
 from .common import CATEGORY, NODE_PREFIX, pixel_size
-from .video_model import prediction_name, schedule_name
+from .model_checks import prediction_name, schedule_name
 
 
 def require_matching_source_frames(conds: dict, x: torch.Tensor) -> None:

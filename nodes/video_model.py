@@ -23,6 +23,7 @@ import folder_paths
 
 from ..smooth_core import checks, convert, inflate, invert, memory, sample, schedule
 from .common import CATEGORY, NODE_PREFIX, Progress, latent_size, pixel_size, single_prompt, video_frames_latent
+from .model_checks import prediction_name, schedule_name
 
 # Tuned weights and tuning checkpoints: ComfyUI/models/smoothvideo/
 folder_paths.add_model_folder_path("smoothvideo", os.path.join(folder_paths.models_dir, "smoothvideo"))
@@ -114,24 +115,6 @@ def source_unet(model) -> torch.nn.Module:
     """The model's own 2D UNet, even while an inflated clone of it is patched in."""
     unet = model.model.diffusion_model
     return unet.source[0] if isinstance(unet, VideoUNetAdapter) else unet
-
-
-def prediction_name(sampling) -> str:
-    """What a MODEL's sampling object predicts: the class that defines its calculate_denoised
-    (ComfyUI's EPS, V_PREDICTION, CONST, X0, ...; LCM from ModelSamplingDiscrete)."""
-    for cls in type(sampling).__mro__:
-        if "calculate_denoised" in vars(cls):
-            return cls.__name__
-    return type(sampling).__name__
-
-
-def schedule_name(sampling) -> str:
-    """The noise schedule of a MODEL's sampling object: ComfyUI's class for it
-    (ModelSamplingDiscrete, ModelSamplingDiscreteFlow, ...)."""
-    for cls in type(sampling).__mro__:
-        if cls.__module__ == comfy.model_sampling.__name__ and issubclass(cls, torch.nn.Module):
-            return cls.__name__
-    return type(sampling).__name__
 
 
 def require_sd1_eps(model) -> None:
