@@ -17,7 +17,7 @@ IP2P = "smoothvideo_tiny_ip2p.safetensors"
 
 
 def assert_server_alive(server):
-    assert server.get("/system_stats")["system"]["comfyui_version"] in HOSTS
+    assert server.version in HOSTS
 
 
 def history_error(server, prompt, match):
