@@ -32,9 +32,10 @@ def require_video_model(model, node: str) -> VideoUNetAdapter:
     return adapter
 
 
-def weights_path(save_name: str, suffix: str) -> str:
-    """models/smoothvideo/<save_name><suffix>; the name may not leave that folder, reach another
-    name's files, or make a file name (with a save's temporary suffix) longer than the folder allows."""
+def tuned_file_paths(save_name: str) -> tuple[str, str]:
+    """models/smoothvideo/<save_name>.safetensors and <save_name>.checkpoint.safetensors; the name
+    may not leave that folder, reach another name's files, or make a file name (with a save's
+    temporary suffix) longer than the folder allows."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 _.-]*", save_name) or ".." in save_name:
         raise ValueError(
             f"save_name {save_name!r} must be a plain file name (letters, digits, space, _ . -; no / or ..): "
@@ -61,7 +62,7 @@ def weights_path(save_name: str, suffix: str) -> str:
             f"models/smoothvideo/<save_name>{CHECKPOINT_SUFFIX} (and their temporary copies) may have names of "
             f"at most {name_max} characters here; choose a shorter save_name"
         )
-    return os.path.join(folder, save_name + suffix)
+    return os.path.join(folder, save_name + WEIGHTS_SUFFIX), os.path.join(folder, save_name + CHECKPOINT_SUFFIX)
 
 
 def remove_temporary_files(*paths: str) -> None:
@@ -197,8 +198,7 @@ class OneShotTune(io.ComfyNode):
         samples = video_frames_latent(latent, "One-shot Tune")
         require_tunable_latent(model, samples, variant, lambda2)
         text = single_prompt(positive, "One-shot Tune", "positive").float()
-        final_path = weights_path(save_name, WEIGHTS_SUFFIX)
-        checkpoint_path = weights_path(save_name, CHECKPOINT_SUFFIX)
+        final_path, checkpoint_path = tuned_file_paths(save_name)
         remove_temporary_files(final_path, checkpoint_path)
         # Checkpoints are written by this node (they carry the loss history for the curve).
         device = comfy.model_management.get_torch_device()
