@@ -209,7 +209,7 @@ class OneShotTune(io.ComfyNode):
         latents = model.model.latent_format.process_in(samples.float()).unsqueeze(0)
         metadata = base_metadata(model, latents, text)
         metadata.update(lambda1=str(lambda1), lambda2=str(lambda2), variant=variant, steps=str(steps),
-                        attention=adapter.attention)
+                        attention=adapter.attention, group_norm=adapter.video_unet.group_norm)
 
         comfy.model_management.unload_all_models()
         # The fork shares the inflated model's frozen weights, which stay where ComfyUI keeps them:
@@ -399,6 +399,17 @@ class LoadTunedVideoWeights(io.ComfyNode):
             raise ValueError(
                 f"{weights} was tuned with {tuned_attention} attention, but this MODEL's Inflate UNet uses "
                 f"{adapter.attention}: set Inflate UNet's attention to {tuned_attention}"
+            )
+        tuned_norm, group_norm = metadata.get("group_norm"), adapter.video_unet.group_norm
+        if tuned_norm is None:
+            raise ValueError(
+                f"{weights} was written by an earlier version of SmoothVideo (per-frame group norm, a trainable set "
+                "with norm_temp), which this one does not load: tune it again with One-shot Tune"
+            )
+        if tuned_norm != group_norm:
+            raise ValueError(
+                f"{weights} was tuned with group_norm {tuned_norm}, but this MODEL's Inflate UNet uses group_norm "
+                f"{group_norm}: set Inflate UNet's group_norm to {tuned_norm}"
             )
         tuned_patches = metadata.get("unet_patches")  # absent in files from before LoRAs were recorded
         if tuned_patches not in (None, adapter.weight_patches):

@@ -165,7 +165,8 @@ class InflateUNet(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Turns an SD1.5 MODEL into a video model (Tune-A-Video): self-attention looks at other frames, "
-                "and a temporal attention layer (starting as the identity) follows each transformer block. "
+                "a temporal attention layer follows each transformer block, and (group_norm video, as published) "
+                "the ResNet blocks normalise over all frames. "
                 "Frames are the LATENT batch. LoRAs loaded before this node are baked in. Works in stock samplers; "
                 "the input MODEL is not changed."
             ),
@@ -176,13 +177,19 @@ class InflateUNet(io.ComfyNode):
                     tooltip="sparse_causal: each frame attends to the first and the previous frame (Tune-A-Video). "
                     "cross_frame: every frame attends to the first frame (Text2Video-Zero).",
                 ),
+                io.Combo.Input(
+                    "group_norm", options=list(inflate.GROUP_NORM_MODES), default="video", optional=True,
+                    tooltip="video: the ResNet blocks' group norms take their statistics over all frames of the video, "
+                    "as Tune-A-Video's published code (its default, and the paper's). per_frame: each frame alone, so "
+                    "the untuned model is exactly the image model on every frame (AnimateDiff's way).",
+                ),
             ],
             outputs=[io.Model.Output(display_name="video_model", tooltip="The inflated MODEL; frames = LATENT batch.")],
         )
 
     @classmethod
-    def execute(cls, model, attention) -> io.NodeOutput:
-        return io.NodeOutput(video_model(model, attention, temporal=True))
+    def execute(cls, model, attention, group_norm="video") -> io.NodeOutput:
+        return io.NodeOutput(video_model(model, attention, temporal=True, group_norm=group_norm))
 
 
 UNET_PREFIX = "diffusion_model."
@@ -234,7 +241,7 @@ def _hash_patch(digest, value) -> None:
         digest.update(type(value).__qualname__.encode())
 
 
-def video_model(model, attention: str, temporal: bool, chunk_size: int | None = None):
+def video_model(model, attention: str, temporal: bool, chunk_size: int | None = None, group_norm: str | None = None):
     """A clone of `model` whose diffusion_model is its UNet inflated (`inflate.inflate_unet`),
     with the MODEL's LoRAs (weight patches) baked in."""
     if video_adapter(model) is not None:
@@ -252,7 +259,7 @@ def video_model(model, attention: str, temporal: bool, chunk_size: int | None = 
         if compute_dtype is not None:
             weights = {k: v.to(compute_dtype) if v.is_floating_point() else v for k, v in weights.items()}
         unet, _ = convert.ldm_unet_to_diffusers(weights)
-        video_unet = inflate.inflate_unet(unet, attention, temporal=temporal)
+        video_unet = inflate.inflate_unet(unet, attention, temporal=temporal, group_norm=group_norm)
     video_unet.requires_grad_(False).eval()
     patched = model.clone()
     # The UNet's patches are in the video UNet now; on the adapter they would have nowhere to go.

@@ -1,25 +1,29 @@
-"""Tune-A-Video inflation of a diffusers SD1.x `UNet2DConditionModel` into a video UNet.
+"""Tune-A-Video inflation of a diffusers SD1.x `UNet2DConditionModel` into a video UNet: the
+core's own video model, for use outside ComfyUI and as the reference of the ComfyUI-native one.
 
 The frames of a video stay in the batch: the UNet runs on `(b f) c h w` latents with one
-timestep and one text context per frame, so every 2D layer works unchanged. Two things
-make it a video model (Wu et al., "Tune-A-Video", ICCV 2023):
+timestep and one text context per frame, so every 2D layer works unchanged. Three things
+make it a video model (Wu et al., "Tune-A-Video", ICCV 2023), each from `video_layers`:
 
 - Sparse-causal self-attention: an attention processor on every transformer block's
   `attn1` lets frame i attend to the keys/values of frames 0 and i-1 ("sparse_causal");
   "cross_frame" (Text2Video-Zero) uses frame 0 only.
 - Temporal attention: every `BasicTransformerBlock` gets `attn_temp` + `norm_temp`, run by
   a forward hook on the block output (after its feed-forward) across the frames at each
-  spatial position, `h + attn_temp(norm_temp(h))`. Its output projection starts at zero,
-  so a fresh inflation computes what the 2D model computes per frame. Training-free use
-  (Text2Video-Zero) inflates with `temporal=False`: frame attention only, nothing to train.
+  spatial position, `h + attn_temp(norm_temp(h))`. Its output projection's weight starts
+  at zero. Training-free use (Text2Video-Zero) inflates with `temporal=False`: frame
+  attention only, nothing to train.
+- Group norm ("video", Tune-A-Video as published): the ResNet blocks' GroupNorms and the
+  final one normalise over all frames of a video. "per_frame" leaves them per frame and
+  zeroes the temporal output bias too, so a fresh inflation is the 2D model per frame.
 
 Long videos can run in chunks anchored on frame 0 (`forward_in_chunks`, Text2Video-Zero's
 memory saving); with cross-frame attention and no temporal layers that changes nothing but
 the memory.
 
-Everything goes through diffusers' public seams (attention processors, the `Attention`
-module, forward hooks); no diffusers code is copied or patched globally. One `FrameLayout`
-object per inflated UNet tells the processors and hooks how many frames the batch holds.
+Everything goes through diffusers' public seams (attention processors, forward hooks); no
+diffusers code is copied or patched globally. One `FrameLayout` object per inflated UNet
+tells the processors and hooks how many frames the batch holds.
 """
 
 from __future__ import annotations
@@ -28,49 +32,33 @@ import contextlib
 import copy
 import itertools
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import Attention
+from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
-__all__ = [
-    "ATTENTION_MODES", "FrameAttnProcessor", "FrameLayout", "VideoUNet", "forward_in_chunks", "gather_on", "inflate_unet",
-    "is_inflated",
-]
+from .video_layers import (
+    ATTENTION_MODES, GROUP_NORM_MODES, FrameGroupNormHooks, FrameLayout, TemporalAttention, frame_attention,
+    temporal_residual, temporal_state,
+)
 
-ATTENTION_MODES = ("sparse_causal", "cross_frame")
-TEMPORAL_INIT_SEED = 2023
+__all__ = [
+    "ATTENTION_MODES", "FrameAttnProcessor", "FrameLayout", "GROUP_NORM_MODES", "VideoUNet", "forward_in_chunks",
+    "gather_on", "inflate_unet", "is_inflated", "video_group_norms",
+]
 
 # Layers whose weights autocast casts to its lower precision at every call (linear and the
 # convolutions are on both the CUDA and the CPU lists); `VideoUNet.placed` holds them in it.
 _MATMUL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-@dataclass
-class FrameLayout:
-    """Frames per video in the batch of the current UNet call (batch = videos * num_frames)."""
-
-    num_frames: int = 1
-
-    def videos_in(self, batch: int) -> int:
-        """Number of videos b in a batch of (b f) frames."""
-        if batch % self.num_frames:
-            raise ValueError(f"batch of {batch} is not a whole number of {self.num_frames}-frame videos")
-        return batch // self.num_frames
-
-
 class FrameAttnProcessor:
-    """Self-attention whose keys/values come from anchor frames of the same video.
-
-    `sparse_causal` (Tune-A-Video): frame i attends to frames [0, max(i-1, 0)], so frame 0
-    attends to itself twice, as Tune-A-Video does. `cross_frame` (Text2Video-Zero): every
-    frame attends to frame 0. Queries stay per frame. Otherwise as diffusers'
-    `AttnProcessor2_0` for SD1.x `attn1` (no masks, group or spatial norm, qk-norm).
-    """
+    """diffusers attention processor for `attn1`: `video_layers.frame_attention` between the
+    block's own projections. Otherwise as diffusers' `AttnProcessor2_0` for SD1.x `attn1` (no
+    masks, group or spatial norm, qk-norm; the default 1/sqrt(d) scale)."""
 
     def __init__(self, layout: FrameLayout, mode: str):
         if mode not in ATTENTION_MODES:
@@ -93,51 +81,25 @@ class FrameAttnProcessor:
             raise NotImplementedError("frame attention expects SD1.x-style attn1 on (batch, tokens, channels)")
         if attn.norm_q is not None or attn.norm_k is not None:
             raise NotImplementedError("frame attention does not handle qk-norm")
-        residual = hidden_states
-        bf, n, _ = hidden_states.shape
-        b, f = self.layout.videos_in(bf), self.layout.num_frames
-
         query = attn.to_q(hidden_states)
-        key = attn.to_k(hidden_states).unflatten(0, (b, f))  # (b, f, n, inner)
-        value = attn.to_v(hidden_states).unflatten(0, (b, f))
-        first = torch.zeros(f, dtype=torch.long, device=key.device)
-        if self.mode == "sparse_causal":
-            previous = (torch.arange(f, device=key.device) - 1).clamp(min=0)
-            key = torch.cat([key[:, first], key[:, previous]], dim=2)  # (b, f, 2n, inner)
-            value = torch.cat([value[:, first], value[:, previous]], dim=2)
-        else:
-            key, value = key[:, first], value[:, first]
-
-        def heads(x):  # ((b f), tokens, heads * d) -> ((b f), heads, tokens, d)
-            return x.reshape(bf, x.shape[-2], attn.heads, -1).transpose(1, 2)
-
-        # scaled_dot_product_attention picks the flash / memory-efficient kernels on GPU.
-        out = F.scaled_dot_product_attention(
-            heads(query), heads(key.flatten(0, 1)), heads(value.flatten(0, 1)), scale=attn.scale
-        )
-        out = out.transpose(1, 2).reshape(bf, n, -1).to(query.dtype)
+        if abs(attn.scale - (query.shape[-1] // attn.heads) ** -0.5) > 1e-9:
+            raise NotImplementedError("frame attention uses the default 1/sqrt(head dim) attention scale")
+        out = frame_attention(query, attn.to_k(hidden_states), attn.to_v(hidden_states), attn.heads,
+                              self.layout.num_frames, self.mode)
         out = attn.to_out[1](attn.to_out[0](out))  # projection, dropout
         if attn.residual_connection:
-            out = out + residual
+            out = out + hidden_states
         return out / attn.rescale_output_factor
 
 
 class TemporalAttentionHook:
-    """Forward hook on a `BasicTransformerBlock`: `h + attn_temp(norm_temp(h))` across frames.
-
-    The block output h is ((b f), n, c); attention runs over f for each of the b*n token
-    positions, so it sees ((b n), f, c).
-    """
+    """Forward hook on a `BasicTransformerBlock`: `video_layers.temporal_residual` on its output."""
 
     def __init__(self, layout: FrameLayout):
         self.layout = layout
 
     def __call__(self, block: BasicTransformerBlock, args, hidden_states: torch.Tensor) -> torch.Tensor:
-        bf, n, c = hidden_states.shape
-        b, f = self.layout.videos_in(bf), self.layout.num_frames
-        h = hidden_states.reshape(b, f, n, c).transpose(1, 2).reshape(b * n, f, c)
-        h = h + block.attn_temp(block.norm_temp(h))
-        return h.reshape(b, n, f, c).transpose(1, 2).reshape(bf, n, c)
+        return temporal_residual(hidden_states, self.layout.num_frames, block.norm_temp, block.attn_temp)
 
 
 def is_inflated(unet: nn.Module) -> bool:
@@ -149,7 +111,8 @@ def is_inflated(unet: nn.Module) -> bool:
     )
 
 
-def inflate_unet(unet: UNet2DConditionModel, attention: str = "sparse_causal", temporal: bool = True) -> "VideoUNet":
+def inflate_unet(unet: UNet2DConditionModel, attention: str = "sparse_causal", temporal: bool = True,
+                 group_norm: str | None = None) -> "VideoUNet":
     """Turn a 2D SD1.x UNet into a video UNet, in place, and wrap it.
 
     Args:
@@ -159,38 +122,57 @@ def inflate_unet(unet: UNet2DConditionModel, attention: str = "sparse_causal", t
         temporal: add the temporal attention layers (Tune-A-Video, to be tuned). False gives
             a training-free video UNet with frame attention only (Text2Video-Zero with
             "cross_frame"): no new parameters, no hook, and no trainable set.
+        group_norm: "video" (Tune-A-Video as published: the ResNet blocks' GroupNorms and the
+            final one normalise over all frames of a video) or "per_frame" (each frame alone;
+            with the temporal output projection zero, weight and bias, the 2D model exactly).
+            None: "video" with temporal layers (Tune-A-Video), "per_frame" without
+            (Text2Video-Zero changes nothing but the self-attention).
     """
     if is_inflated(unet):
         raise ValueError("UNet is already inflated; inflate a fresh 2D UNet")
+    if group_norm is None:
+        group_norm = "video" if temporal else "per_frame"
+    if group_norm not in GROUP_NORM_MODES:
+        raise ValueError(f"group_norm {group_norm!r}; choose one of {GROUP_NORM_MODES}")
     blocks = _transformer_blocks(unet)
     if not blocks:
         raise ValueError("UNet has no transformer blocks to inflate")
     layout = FrameLayout()
     if temporal:
-        _add_temporal_attention(blocks, layout)
-    video_unet = VideoUNet(unet, layout)
+        _add_temporal_attention(blocks, layout, group_norm)
+    if group_norm == "video":
+        hooks = FrameGroupNormHooks(layout)
+        for norm in video_group_norms(unet):
+            norm.register_forward_pre_hook(hooks.before)
+            norm.register_forward_hook(hooks.after)
+    video_unet = VideoUNet(unet, layout, group_norm)
     video_unet.set_attention_mode(attention)
     return video_unet
 
 
-def _add_temporal_attention(blocks: list[BasicTransformerBlock], layout: FrameLayout) -> None:
+def video_group_norms(unet: UNet2DConditionModel) -> list[nn.GroupNorm]:
+    """The GroupNorms Tune-A-Video runs over all frames: every ResNet block's `norm1` and `norm2`
+    (its ResnetBlock3D applies them to (b, c, f, h, w)) and the UNet's `conv_norm_out`. The
+    transformers' own norm stays per frame (Transformer3DModel folds frames into the batch first)."""
+    resnets = [m for m in unet.modules() if isinstance(m, ResnetBlock2D)]
+    return [norm for r in resnets for norm in (r.norm1, r.norm2)] + [unet.conv_norm_out]
+
+
+def _add_temporal_attention(blocks: list[BasicTransformerBlock], layout: FrameLayout, group_norm: str) -> None:
     """`attn_temp` + `norm_temp` on every block, run by a forward hook after the block."""
     for index, block in enumerate(blocks):
         attn1 = block.attn1
         dim = attn1.query_dim
         like = {"dtype": attn1.to_q.weight.dtype, "device": attn1.to_q.weight.device}
-        # The same head split and bias setting as the block's own self-attention. Its random
-        # init comes from a fixed seed, so inflating the same model twice gives the same
-        # model (tuning is then reproducible from its own seed), whatever the global RNG holds.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(TEMPORAL_INIT_SEED + index)
-            block.attn_temp = Attention(
-                query_dim=dim, heads=attn1.heads, dim_head=dim // attn1.heads, bias=attn1.to_q.bias is not None
-            ).to(**like)
-        block.norm_temp = nn.LayerNorm(dim).to(**like)
-        # A zero output projection makes the temporal branch start as the identity.
-        nn.init.zeros_(block.attn_temp.to_out[0].weight)
-        nn.init.zeros_(block.attn_temp.to_out[0].bias)
+        # The same head split and bias setting as the block's own self-attention.
+        bias = attn1.to_q.bias is not None
+        block.attn_temp = TemporalAttention(dim, attn1.heads, bias=bias, **like)
+        block.norm_temp = nn.LayerNorm(dim, **like)
+        state = temporal_state(dim, attn1.heads, index, group_norm, bias=bias)
+        with torch.no_grad():
+            for name, tensor in itertools.chain(block.attn_temp.named_parameters("attn_temp"),
+                                                block.norm_temp.named_parameters("norm_temp")):
+                tensor.copy_(state[name])
         block.register_forward_hook(TemporalAttentionHook(layout))
 
 
@@ -201,10 +183,11 @@ class VideoUNet(nn.Module):
     checkpoints (`down_blocks.0.attentions.0.transformer_blocks.0.attn_temp.to_q.weight`).
     """
 
-    def __init__(self, unet: UNet2DConditionModel, layout: FrameLayout):
+    def __init__(self, unet: UNet2DConditionModel, layout: FrameLayout, group_norm: str = "video"):
         super().__init__()
         self.unet = unet
         self.layout = layout
+        self.group_norm = group_norm
 
     def forward(
         self, latents: torch.Tensor, timesteps: torch.Tensor | float, encoder_hidden_states: torch.Tensor
@@ -254,7 +237,8 @@ class VideoUNet(nn.Module):
         return any(hasattr(block, "attn_temp") for block in _transformer_blocks(self.unet))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """Tune-A-Video's trainable set: `attn1.to_q`, `attn2.to_q`, `attn_temp`, `norm_temp`.
+        """Tune-A-Video's trainable set: the modules whose names end in `attn1.to_q`, `attn2.to_q`
+        and `attn_temp` (`norm_temp` stays frozen, as in Tune-A-Video).
 
         A training-free inflation (`temporal=False`) has none: asking for it is an error, and
         so are the methods built on it (mark_trainable, the trainable state dict, fork).
@@ -268,7 +252,7 @@ class VideoUNet(nn.Module):
         modules = [
             m
             for block in _transformer_blocks(self.unet)
-            for m in (block.attn1.to_q, block.attn2.to_q, block.attn_temp, block.norm_temp)
+            for m in (block.attn1.to_q, block.attn2.to_q, block.attn_temp)
         ]
         return [p for m in modules for p in m.parameters()]
 

@@ -32,10 +32,10 @@ def run_error(server, prompt) -> str:
     return str(failure.value)
 
 
-def load_weights_graph(video: str, weights: str, attention: str = "sparse_causal") -> dict:
+def load_weights_graph(video: str, weights: str, attention: str = "sparse_causal", group_norm: str = "video") -> dict:
     """Inflate UNet -> Load Tuned Video Weights -> DDIM Invert Video -> SaveLatent."""
     prompt = invert_graph(video)
-    prompt["9"]["inputs"]["attention"] = attention
+    prompt["9"]["inputs"].update(attention=attention, group_norm=group_norm)
     prompt["13"] = {"class_type": "SmoothVideo_LoadTunedVideoWeights", "inputs": {"model": ["9", 0], "weights": weights}}
     prompt["11"]["inputs"]["model"] = ["13", 0]
     return prompt
@@ -150,6 +150,29 @@ def test_weights_tuned_with_sparse_causal_attention_are_refused_on_cross_frame(s
     assert "set Inflate UNet's attention to sparse_causal" in message
     entry = server.run(load_weights_graph(sample_video[0], name + WEIGHTS, attention="sparse_causal"))
     assert node_output(entry, "12")["latents"]
+
+
+def test_weights_tuned_with_video_group_norm_are_refused_on_per_frame_group_norm(server, sample_video):
+    name = f"test_{uuid.uuid4().hex[:6]}"
+    server.run(tune_graph(sample_video[0], save_name=name, steps=1))  # Inflate UNet's default: video
+    message = run_error(server, load_weights_graph(sample_video[0], name + WEIGHTS, group_norm="per_frame"))
+    assert "was tuned with group_norm video, but this MODEL's Inflate UNet uses group_norm per_frame" in message
+    assert "set Inflate UNet's group_norm to video" in message
+
+
+def test_weights_from_before_the_published_group_norm_are_refused_with_what_to_do(server, sample_video):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    name = f"test_{uuid.uuid4().hex[:6]}"
+    server.run(tune_graph(sample_video[0], save_name=name, steps=1))
+    path = smoothvideo(server) / (name + WEIGHTS)
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    del metadata["group_norm"]  # as files written before the pack recorded it
+    save_file(load_file(str(path)), str(smoothvideo(server) / (name + "_old" + WEIGHTS)), metadata)
+    message = run_error(server, load_weights_graph(sample_video[0], name + "_old" + WEIGHTS))
+    assert "was written by an earlier version of SmoothVideo" in message and "tune it again" in message
 
 
 def test_a_nan_correction_window_is_named_as_such(server):

@@ -18,8 +18,10 @@ def saved_latent(server, entry, node_id):
     return load_file(str(server.base / "output" / item["subfolder"] / item["filename"]))["latent_tensor"]
 
 
-def sampling_prompt(video, inflate: str | None, identical_frames: bool, steps: int = 3) -> dict:
-    """Frames -> VAE Encode -> (Inflate UNet) -> SamplerCustom (no added noise, ddim) -> Save Latent."""
+def sampling_prompt(video, inflate: str | None, identical_frames: bool, steps: int = 3,
+                    group_norm: str = "per_frame") -> dict:
+    """Frames -> VAE Encode -> (Inflate UNet) -> SamplerCustom (no added noise, ddim) -> Save Latent.
+    With per-frame group norm the untuned video model is the 2D model wherever frames agree."""
     model = ["9", 0] if inflate else ["4", 0]
     prompt = {
         "1": {"class_type": "LoadVideo", "inputs": {"file": video}},
@@ -36,7 +38,7 @@ def sampling_prompt(video, inflate: str | None, identical_frames: bool, steps: i
         "20": {"class_type": "SaveLatent", "inputs": {"samples": ["12", 0], "filename_prefix": f"test/{uuid.uuid4().hex[:8]}"}},
     }
     if inflate:
-        prompt["9"] = {"class_type": "SmoothVideo_InflateUNet", "inputs": {"model": ["4", 0], "attention": inflate}}
+        prompt["9"] = {"class_type": "SmoothVideo_InflateUNet", "inputs": {"model": ["4", 0], "attention": inflate, "group_norm": group_norm}}
     return prompt
 
 
@@ -47,6 +49,15 @@ def test_inflated_model_equals_2d_model_on_a_still_video(server, sample_video, a
     assert plain.shape == video.shape == (4, 4, 8, 8)
     # ComfyUI's and the diffusers float32 UNet, 3 steps: ~17 eps of the latents' scale (~36) measured; 2e-5 = ~170 eps.
     assert (video - plain).abs().max() <= 2e-5 * plain.abs().max()
+
+
+def test_video_group_norm_by_default_mixes_frames_as_tune_a_video(server, sample_video):
+    per_frame = saved_latent(server, server.run(sampling_prompt(sample_video[0], "sparse_causal", False)), "20")
+    prompt = sampling_prompt(sample_video[0], "sparse_causal", False)
+    del prompt["9"]["inputs"]["group_norm"]  # the default: Tune-A-Video's group norm over all frames
+    video = saved_latent(server, server.run(prompt), "20")
+    # Frame 0 attends only to itself, but its group norms take their statistics from all four frames.
+    assert (video[0] - per_frame[0]).abs().max() > 1e-2 * per_frame.abs().max()
 
 
 def test_inflated_model_is_what_the_stock_sampler_runs(server, sample_video):

@@ -6,17 +6,20 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from torch import nn
 
 from references import TINY_UNET
 from smooth_core.inflate import (
     FrameAttnProcessor, FrameLayout, VideoUNet, forward_in_chunks, gather_on, inflate_unet, is_inflated,
 )
 
-# Tune-A-Video's trainable set, by name (the code selects it by module).
-TRAINABLE_NAME = re.compile(r"\.(attn1\.to_q|attn2\.to_q|attn_temp\.[\w.]+|norm_temp)\.(weight|bias)$")
+# Tune-A-Video's trainable set, by name (the code selects it by module): modules whose names end
+# in attn1.to_q, attn2.to_q or attn_temp; not norm_temp.
+TRAINABLE_NAME = re.compile(r"\.(attn1\.to_q|attn2\.to_q|attn_temp\.[\w.]+)\.(weight|bias)$")
 
 # Equalities that hold in exact arithmetic are checked in float64, where outputs of ~1 carry
 # rounding of ~1e-15 whatever the CPU kernels: 1e-10 is far above it and far below any real
@@ -59,7 +62,7 @@ def random_inputs(b=2, f=4, seed=3, dtype=torch.float32):
 @pytest.mark.parametrize("mode", ["sparse_causal", "cross_frame"])
 def test_fresh_inflation_equals_2d_per_frame_on_identical_frames(mode):
     unet2d = tiny_unet(dtype=torch.float64)
-    video_unet = inflate_unet(copy.deepcopy(unet2d), attention=mode)
+    video_unet = inflate_unet(copy.deepcopy(unet2d), attention=mode, group_norm="per_frame")
     video, t, context = random_inputs(dtype=torch.float64)
     video = video[:, :1].expand_as(video).contiguous()  # every frame the same: anchors == own frame
     with torch.no_grad():
@@ -69,7 +72,7 @@ def test_fresh_inflation_equals_2d_per_frame_on_identical_frames(mode):
 
 def test_temporal_only_inflation_equals_2d_per_frame_on_a_random_video():
     unet2d = tiny_unet(dtype=torch.float64)
-    video_unet = inflate_unet(copy.deepcopy(unet2d))
+    video_unet = inflate_unet(copy.deepcopy(unet2d), group_norm="per_frame")
     video_unet.unet.set_attn_processor(AttnProcessor2_0())  # plain per-frame self-attention
     video, t, context = random_inputs(dtype=torch.float64)
     with torch.no_grad():
@@ -132,8 +135,8 @@ def test_sparse_causal_frame_zero_attends_to_itself_twice_which_is_plain_self_at
 
 @pytest.mark.parametrize("mode, changed, unchanged", [("sparse_causal", 2, [0, 1]), ("cross_frame", 2, [0, 1, 3])])
 def test_changing_a_frame_leaves_frames_that_do_not_attend_to_it_unchanged(mode, changed, unchanged):
-    # A fresh inflation: the temporal branch outputs zero, so only frame attention mixes frames.
-    video_unet = inflate_unet(tiny_unet(dtype=torch.float64), attention=mode)
+    # A fresh per-frame inflation: the temporal branch outputs zero, so only frame attention mixes frames.
+    video_unet = inflate_unet(tiny_unet(dtype=torch.float64), attention=mode, group_norm="per_frame")
     video, t, context = random_inputs(b=1, dtype=torch.float64)
     edited = video.clone()
     edited[:, changed] += 1.0
@@ -169,10 +172,78 @@ def test_temporal_modules_sit_on_the_block_with_tune_a_video_names():
     video_unet = inflate_unet(tiny_unet())
     names = video_unet.trainable_state_dict().keys()
     assert "down_blocks.0.attentions.0.transformer_blocks.0.attn_temp.to_q.weight" in names
-    assert "up_blocks.1.attentions.1.transformer_blocks.0.norm_temp.weight" in names
+    assert "up_blocks.1.attentions.1.transformer_blocks.0.attn_temp.to_out.0.bias" in names
+    assert "up_blocks.1.attentions.1.transformer_blocks.0.norm_temp.weight" in video_unet.unet.state_dict()
     block = video_unet.unet.mid_block.attentions[0].transformer_blocks[0]
     assert block.attn_temp.heads == block.attn1.heads
-    assert torch.all(block.attn_temp.to_out[0].weight == 0) and torch.all(block.attn_temp.to_out[0].bias == 0)
+
+
+# ---------------------------------------------------------------- Tune-A-Video as published
+
+
+def reference_resnet3d(resnet, video, temb):
+    """Tune-A-Video's ResnetBlock3D in float64, from its description: nn.GroupNorm on the whole
+    (b, c, f, h, w) video, the convolutions per frame. video (b, f, c, h, w), temb (b, d)."""
+    def norm(layer, x):  # x (b, f, c, h, w) -> GroupNorm over (c/g, f, h, w) per group
+        return F.group_norm(x.transpose(1, 2), layer.num_groups, layer.weight, layer.bias, layer.eps).transpose(1, 2)
+
+    def per_frame(layer, x):
+        return layer(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+
+    h = per_frame(resnet.conv1, F.silu(norm(resnet.norm1, video)))
+    h = h + resnet.time_emb_proj(F.silu(temb))[:, None, :, None, None]
+    h = per_frame(resnet.conv2, F.silu(norm(resnet.norm2, h)))
+    shortcut = video if resnet.conv_shortcut is None else per_frame(resnet.conv_shortcut, video)
+    return (shortcut + h) / resnet.output_scale_factor
+
+
+@pytest.mark.parametrize("where", ["down_blocks.0.resnets.0", "up_blocks.1.resnets.1"])
+def test_video_group_norm_spans_all_frames_of_each_video_as_tune_a_video(where):
+    video_unet = inflate_unet(tiny_unet(dtype=torch.float64))
+    assert video_unet.group_norm == "video"
+    resnet = video_unet.unet.get_submodule(where)
+    b, f = 2, 3
+    g = torch.Generator().manual_seed(4)
+    video = torch.randn(b, f, resnet.in_channels, 4, 4, generator=g, dtype=torch.float64) * 3 + 1
+    temb = torch.randn(b, resnet.time_emb_proj.in_features, generator=g, dtype=torch.float64)
+    video_unet.layout.num_frames = f
+    with torch.no_grad():
+        out = resnet(video.flatten(0, 1), temb.repeat_interleave(f, dim=0)).unflatten(0, (b, f))
+        expected = reference_resnet3d(resnet, video, temb)
+        per_frame = reference_resnet3d(resnet, video[:, :1], temb)
+    torch.testing.assert_close(out, expected, **EXACT)  # float64: the same statistics in exact arithmetic
+    assert (out[:, :1] - per_frame).abs().max() > 1e-3  # frame 0 alone has other statistics
+
+
+def test_video_group_norm_covers_resnets_and_the_final_norm_not_the_transformers():
+    unet = tiny_unet()
+    inflate_unet(unet)
+    hooked = {name for name, m in unet.named_modules() if isinstance(m, nn.GroupNorm) and m._forward_pre_hooks}
+    resnet_norms = {f"{name}.norm{i}" for name, m in unet.named_modules() if type(m).__name__ == "ResnetBlock2D"
+                    for i in (1, 2)}
+    assert hooked == resnet_norms | {"conv_norm_out"}
+    assert len(resnet_norms) == 2 * 8  # the tiny UNet: 2 down, 2 mid and 4 up resnets
+    per_frame = tiny_unet()
+    inflate_unet(per_frame, group_norm="per_frame")
+    assert not any(m._forward_pre_hooks for m in per_frame.modules() if isinstance(m, nn.GroupNorm))
+
+
+def test_temporal_init_is_tune_a_video_s_and_per_frame_starts_at_the_2d_model():
+    # Tune-A-Video: nn.init.zeros_ on attn_temp.to_out[0].weight only; every other tensor keeps
+    # torch's default init (Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)); LayerNorm: ones, zeros).
+    for mode in ("video", "per_frame"):
+        video_unet = inflate_unet(tiny_unet(), group_norm=mode)
+        for block in (m for m in video_unet.unet.modules() if isinstance(m, BasicTransformerBlock)):
+            bound = 1 / math.sqrt(block.attn_temp.to_out[0].in_features)
+            assert torch.all(block.attn_temp.to_out[0].weight == 0)
+            bias = block.attn_temp.to_out[0].bias
+            if mode == "video":
+                assert bias.abs().max() <= bound and bias.abs().min() > 0 and bias.std() > bound / 4
+            else:
+                assert torch.all(bias == 0)
+            for layer in (block.attn_temp.to_q, block.attn_temp.to_k, block.attn_temp.to_v):
+                assert layer.bias is None and layer.weight.abs().max() <= bound and layer.weight.std() > bound / 4
+            assert torch.all(block.norm_temp.weight == 1) and torch.all(block.norm_temp.bias == 0)
 
 
 # ---------------------------------------------------------------- calling conventions
@@ -211,7 +282,7 @@ def test_double_inflation_raises():
 
 
 def test_attention_mode_can_be_switched():
-    video_unet = inflate_unet(tiny_unet(dtype=torch.float64))
+    video_unet = inflate_unet(tiny_unet(dtype=torch.float64), group_norm="per_frame")
     video, t, context = random_inputs(b=1, dtype=torch.float64)
     with torch.no_grad():
         sparse = video_unet(video, t, context)
@@ -261,8 +332,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 def test_trainable_set_at_sd15_size_is_74m():
     # SD1.5: 859.5M UNet parameters, +49.6M temporal ones = 909.1M after inflation, of which
-    # 74,379,840 (8.2%) are trainable: 16 transformer blocks, 6 dim^2 + 3 dim each
-    # (to_q of attn1 and attn2, attn_temp q/k/v/out + out bias, norm_temp).
+    # 74,354,880 (8.2%) are trainable: 16 transformer blocks, 6 dim^2 + dim each
+    # (to_q of attn1 and attn2, attn_temp q/k/v/out + out bias; norm_temp is frozen).
     with torch.device("meta"):
         unet = UNet2DConditionModel(block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768,
                                     attention_head_dim=8)
@@ -270,15 +341,14 @@ def test_trainable_set_at_sd15_size_is_74m():
     trainable = sum(p.numel() for p in video_unet.trainable_parameters())
     total = sum(p.numel() for p in video_unet.parameters())
     dims = [320] * 5 + [640] * 5 + [1280] * 6  # blocks per width: 2 down + 3 up (+1 mid at 1280)
-    assert trainable == sum(6 * d * d + 3 * d for d in dims) == 74_379_840
+    assert trainable == sum(6 * d * d + d for d in dims) == 74_354_880
     assert total == 909_120_004
     assert 0.08 < trainable / total < 0.085
 
 
 def test_trainable_state_dict_round_trip():
     source = inflate_unet(tiny_unet())
-    perturb_temporal(source)
-    with torch.no_grad():
+    with torch.no_grad():  # only the trainables differ from a fresh inflation (norm_temp is not saved)
         for p in source.trainable_parameters():
             p.add_(0.01)
     saved = {k: v.clone() for k, v in source.trainable_state_dict().items()}
@@ -359,11 +429,12 @@ def test_training_free_inflation_adds_no_parameters_and_no_hook():
 
 
 def test_training_free_inflation_equals_a_fresh_temporal_one_on_a_random_video():
-    # A fresh temporal branch outputs zero, so frame attention is all that differs from 2D in both.
+    # A fresh per-frame temporal branch outputs zero, so frame attention is all that differs from 2D in both.
     video, t, context = random_inputs(dtype=torch.float64)
     with torch.no_grad():
         without = inflate_unet(tiny_unet(dtype=torch.float64), attention="cross_frame", temporal=False)(video, t, context)
-        with_temporal = inflate_unet(tiny_unet(dtype=torch.float64), attention="cross_frame")(video, t, context)
+        with_temporal = inflate_unet(tiny_unet(dtype=torch.float64), attention="cross_frame",
+                                     group_norm="per_frame")(video, t, context)
     torch.testing.assert_close(without, with_temporal, **EXACT)  # float64: equal in exact arithmetic
 
 

@@ -1,0 +1,193 @@
+"""The video layers of Tune-A-Video, on plain torch: what both video models share.
+
+Two video models run them. The core's own (`inflate`, on a diffusers `UNet2DConditionModel`)
+and the ComfyUI-native one (`nodes/video_patches.py`: patches on ComfyUI's own UNet). Both
+hold the frames of a video in the batch, `(b f)` consecutive; one `FrameLayout` per model call
+tells every layer how many frames a video has. The method lives here once:
+
+- `frame_attention`: self-attention whose keys and values come from anchor frames of the
+  same video, computed from the projected q, k, v (what ComfyUI's attn1 replacement receives).
+- `TemporalAttention` and `temporal_residual`: attention across the frames at each token
+  position after a transformer block, `h + attn_temp(norm_temp(h))`, Tune-A-Video's placement.
+- `video_group_norm`: a GroupNorm whose statistics span all frames of a video, as
+  Tune-A-Video's ResNet blocks (nn.GroupNorm on `(b, c, f, h, w)`), instead of each frame.
+- `temporal_state`: the deterministic initial weights of one temporal layer, by mode.
+
+Wu et al., "Tune-A-Video", ICCV 2023 (showlab/Tune-A-Video, `tuneavideo/models/`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ATTENTION_MODES", "FrameGroupNormHooks", "FrameLayout", "GROUP_NORM_MODES", "TEMPORAL_INIT_SEED",
+    "TemporalAttention", "frame_attention", "sdpa_attention", "temporal_residual", "temporal_state",
+    "video_group_norm",
+]
+
+ATTENTION_MODES = ("sparse_causal", "cross_frame")
+# "video": Tune-A-Video as published, GroupNorm over all frames of a video. "per_frame": each
+# frame alone, the 2D model exactly at init (AnimateDiff's way).
+GROUP_NORM_MODES = ("video", "per_frame")
+TEMPORAL_INIT_SEED = 2023
+
+# attention(q, k, v, heads) -> out: q (B, Lq, heads * d), k and v (B, Lk, heads * d), out like q.
+Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+@dataclass
+class FrameLayout:
+    """Frames per video in the batch of the current model call (batch = videos * num_frames)."""
+
+    num_frames: int = 1
+
+    def videos_in(self, batch: int) -> int:
+        """Number of videos b in a batch of (b f) frames."""
+        if batch % self.num_frames:
+            raise ValueError(f"batch of {batch} is not a whole number of {self.num_frames}-frame videos")
+        return batch // self.num_frames
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Multi-head softmax attention with scale 1/sqrt(d) (PyTorch's fused kernels where it has them)."""
+
+    def split(x):  # (B, L, heads * d) -> (B, heads, L, d)
+        return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(split(q), split(k), split(v))
+    return out.transpose(1, 2).flatten(2).to(q.dtype)
+
+
+def frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, num_frames: int,
+                    mode: str, attention: Attention | None = None) -> torch.Tensor:
+    """Self-attention of every frame over the keys/values of its video's anchor frames.
+
+    `sparse_causal` (Tune-A-Video): frame i attends to frames [0, max(i-1, 0)], so frame 0
+    attends to itself twice, as Tune-A-Video does. `cross_frame` (Text2Video-Zero): every frame
+    attends to frame 0. Queries stay per frame.
+
+    Args:
+        q, k, v: ((b f), n, heads * d), the projected tokens of every frame.
+        heads: attention heads.
+        num_frames: f.
+        mode: one of `ATTENTION_MODES`.
+        attention: the attention kernel (`sdpa_attention` by default; ComfyUI's optimised one
+            in the ComfyUI-native model).
+
+    Returns:
+        ((b f), n, heads * d), before the output projection.
+    """
+    if mode not in ATTENTION_MODES:
+        raise ValueError(f"attention mode {mode!r}; choose one of {ATTENTION_MODES}")
+    bf = q.shape[0]
+    b = FrameLayout(num_frames).videos_in(bf)
+    key, value = k.unflatten(0, (b, num_frames)), v.unflatten(0, (b, num_frames))  # (b, f, n, inner)
+    first = torch.zeros(num_frames, dtype=torch.long, device=k.device)
+    if mode == "sparse_causal":
+        previous = (torch.arange(num_frames, device=k.device) - 1).clamp(min=0)
+        key = torch.cat([key[:, first], key[:, previous]], dim=2)  # (b, f, 2n, inner)
+        value = torch.cat([value[:, first], value[:, previous]], dim=2)
+    else:
+        key, value = key[:, first], value[:, first]
+    return (attention or sdpa_attention)(q, key.flatten(0, 1), value.flatten(0, 1), heads)
+
+
+class TemporalAttention(nn.Module):
+    """Self-attention across the frames at one token position: Tune-A-Video's `attn_temp`.
+
+    The parameter names are Tune-A-Video's (`to_q`, `to_k`, `to_v`, `to_out.0`), so tuned weights
+    keep its key names. `operations` makes the layers (torch.nn by default; ComfyUI passes its
+    own, whose weights it casts and streams like the rest of the model).
+    """
+
+    def __init__(self, dim: int, heads: int, bias: bool = False, dtype=None, device=None, operations=nn):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"{dim} channels do not split into {heads} attention heads")
+        self.heads = heads
+        self.to_q = operations.Linear(dim, dim, bias=bias, dtype=dtype, device=device)
+        self.to_k = operations.Linear(dim, dim, bias=bias, dtype=dtype, device=device)
+        self.to_v = operations.Linear(dim, dim, bias=bias, dtype=dtype, device=device)
+        self.to_out = nn.ModuleList([operations.Linear(dim, dim, dtype=dtype, device=device), nn.Dropout(0.0)])
+
+    def forward(self, h: torch.Tensor, attention: Attention | None = None) -> torch.Tensor:
+        """h: (N, f, c), N sequences of f frames -> (N, f, c)."""
+        out = (attention or sdpa_attention)(self.to_q(h), self.to_k(h), self.to_v(h), self.heads)
+        return self.to_out[1](self.to_out[0](out))
+
+
+def temporal_residual(h: torch.Tensor, num_frames: int, norm_temp: nn.Module, attn_temp: TemporalAttention,
+                      attention: Attention | None = None) -> torch.Tensor:
+    """`h + attn_temp(norm_temp(h))` across frames: h ((b f), n, c) is seen as ((b n), f, c)."""
+    bf, n, c = h.shape
+    b = FrameLayout(num_frames).videos_in(bf)
+    seq = h.reshape(b, num_frames, n, c).transpose(1, 2).reshape(b * n, num_frames, c)
+    seq = seq + attn_temp(norm_temp(seq), attention)
+    return seq.reshape(b, n, num_frames, c).transpose(1, 2).reshape(bf, n, c)
+
+
+def temporal_state(dim: int, heads: int, index: int, group_norm: str, bias: bool = False) -> dict[str, torch.Tensor]:
+    """Initial float32 weights of the `index`-th temporal layer (in the UNet's down, mid, up
+    order), keyed `attn_temp.*` and `norm_temp.*` as Tune-A-Video names them.
+
+    torch's default init drawn from a fixed seed, so inflating the same model twice gives the same
+    model whatever the global RNG holds. Tune-A-Video zeroes only `attn_temp.to_out.0.weight` (its
+    bias keeps the default init): that is the "video" group-norm mode, Tune-A-Video as published.
+    "per_frame" zeroes the bias too, so the temporal branch adds nothing at init and the model is
+    the 2D model exactly.
+    """
+    if group_norm not in GROUP_NORM_MODES:
+        raise ValueError(f"group_norm {group_norm!r}; choose one of {GROUP_NORM_MODES}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TEMPORAL_INIT_SEED + index)
+        attn = TemporalAttention(dim, heads, bias=bias)
+    norm = nn.LayerNorm(dim)
+    nn.init.zeros_(attn.to_out[0].weight)
+    if group_norm == "per_frame":
+        nn.init.zeros_(attn.to_out[0].bias)
+    state = {f"attn_temp.{k}": v for k, v in attn.state_dict().items()}
+    state.update({f"norm_temp.{k}": v for k, v in norm.state_dict().items()})
+    return {k: v.detach() for k, v in state.items()}
+
+
+def video_group_norm(x: torch.Tensor, num_frames: int, norm: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """`norm` (a GroupNorm) with statistics over all frames of each video, as nn.GroupNorm on
+    (b, c, f, h, w) in Tune-A-Video: x ((b f), c, h, w) runs as (b, c, f*h, w), which has the
+    same groups, the same per-channel affine and the same elements per group."""
+    return _from_video(norm(_to_video(x, num_frames)), num_frames)
+
+
+def _to_video(x: torch.Tensor, num_frames: int) -> torch.Tensor:
+    bf, c, h, w = x.shape
+    b = FrameLayout(num_frames).videos_in(bf)
+    return x.reshape(b, num_frames, c, h, w).transpose(1, 2).reshape(b, c, num_frames * h, w)
+
+
+def _from_video(y: torch.Tensor, num_frames: int) -> torch.Tensor:
+    b, c, fh, w = y.shape
+    h = fh // num_frames
+    return y.reshape(b, c, num_frames, h, w).transpose(1, 2).reshape(b * num_frames, c, h, w)
+
+
+class FrameGroupNormHooks:
+    """`video_group_norm` as a forward pre-hook and a forward hook on a GroupNorm module, so the
+    module itself (its weights, its dtype casts, whatever wraps them) stays as it is.
+
+    Register both on the module: `module.register_forward_pre_hook(hooks.before)` and
+    `module.register_forward_hook(hooks.after)`; removing the two handles undoes it.
+    """
+
+    def __init__(self, layout: FrameLayout):
+        self.layout = layout
+
+    def before(self, module: nn.Module, args: tuple) -> tuple:
+        return (_to_video(args[0], self.layout.num_frames), *args[1:])
+
+    def after(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return _from_video(output, self.layout.num_frames)
