@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -41,8 +41,8 @@ from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
 from .video_layers import (
-    ATTENTION_MODES, GROUP_NORM_MODES, FrameGroupNormHooks, FrameLayout, TemporalAttention, frame_attention,
-    temporal_residual, temporal_state,
+    ATTENTION_MODES, GROUP_NORM_MODES, FrameGroupNormHooks, FrameLayout, TemporalAttention, forward_in_chunks,
+    frame_attention, temporal_residual, temporal_state,
 )
 
 __all__ = [
@@ -395,53 +395,11 @@ def gather_on(module: nn.Module, device: torch.device) -> bool:
     return True
 
 
-def forward_in_chunks(
-    fn: Callable[..., torch.Tensor], per_frame: Sequence[torch.Tensor], num_frames: int, chunk_size: int
-) -> torch.Tensor:
-    """Runs `fn` on chunks of at most `chunk_size` frames of every video, each chunk led by frame 0.
-
-    Text2Video-Zero's way to fit long videos in memory: the first chunk is frames
-    [0, chunk_size); every later chunk is frame 0 followed by the next chunk_size - 1 frames,
-    so frame 0 is there for the frames to attend to, and its output from that chunk is
-    dropped. With cross-frame attention to frame 0 and nothing else mixing frames (no
-    temporal layers) the result equals one call on the whole video; otherwise it does not.
-
-    Args:
-        fn: `fn(*chunks, n) -> ((g n), ...)`, called with the tensors of `per_frame` cut to a
-            chunk of n frames per group, e.g. `VideoUNet.forward_frames`.
-        per_frame: tensors ((g f), ...) in one batch layout: g groups (videos, or ComfyUI's
-            cond/uncond copies of one video: InstructPix2Pix's dual CFG runs 3) of f
-            consecutive frames each, e.g. latents, timesteps and text contexts.
-        num_frames: f.
-        chunk_size: frames per call, at least 2 (frame 0 and one more).
-
-    Returns:
-        ((g f), ...): fn's output for every frame, in the input's order.
-    """
-    if chunk_size < 2:
-        raise ValueError(f"chunk_size must be at least 2 (frame 0 and one more frame per chunk), got {chunk_size}")
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be at least 1, got {num_frames}")
-    batch = per_frame[0].shape[0]
-    if any(t.shape[0] != batch for t in per_frame) or batch % num_frames:
-        sizes = [t.shape[0] for t in per_frame]
-        raise ValueError(f"per-frame tensors of batch sizes {sizes} are not whole groups of {num_frames} frames")
-    if num_frames <= chunk_size:
-        return fn(*per_frame, num_frames)
-    groups = batch // num_frames
-    device = per_frame[0].device
-    starts = [0, *range(chunk_size, num_frames, chunk_size - 1)]
-    pieces = []
-    for start, end in zip(starts, [*starts[1:], num_frames]):
-        anchored = start > 0
-        frames = torch.arange(start, end, device=device)
-        if anchored:
-            frames = torch.cat([frames.new_zeros(1), frames])
-        index = (torch.arange(groups, device=device)[:, None] * num_frames + frames).flatten()
-        out = fn(*(t.index_select(0, index.to(t.device)) for t in per_frame), len(frames))
-        pieces.append(out.unflatten(0, (groups, len(frames)))[:, int(anchored):])
-    return torch.cat(pieces, dim=1).flatten(0, 1)
-
-
 def _transformer_blocks(unet: nn.Module) -> list[BasicTransformerBlock]:
-    return [m for m in unet.modules() if isinstance(m, BasicTransformerBlock)]
+    """The transformer blocks in the order the UNet runs them (down, mid, up; diffusers registers
+    its up blocks before the mid block), the order of ComfyUI's UNet too: the temporal layers'
+    seeded init and the trainables' order are the same on both video models."""
+    part_order = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+    named = [(name, m) for name, m in unet.named_modules() if isinstance(m, BasicTransformerBlock)]
+    named.sort(key=lambda item: part_order.get(item[0].split(".")[0], 1))  # stable within a part
+    return [m for _, m in named]

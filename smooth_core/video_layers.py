@@ -18,7 +18,7 @@ Wu et al., "Tune-A-Video", ICCV 2023 (showlab/Tune-A-Video, `tuneavideo/models/`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +27,7 @@ from torch import nn
 
 __all__ = [
     "ATTENTION_MODES", "FrameGroupNormHooks", "FrameLayout", "GROUP_NORM_MODES", "TEMPORAL_INIT_SEED",
-    "TemporalAttention", "frame_attention", "sdpa_attention", "temporal_residual", "temporal_state",
+    "TemporalAttention", "forward_in_chunks", "frame_attention", "sdpa_attention", "temporal_residual", "temporal_state",
     "video_group_norm",
 ]
 
@@ -191,3 +191,51 @@ class FrameGroupNormHooks:
 
     def after(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         return _from_video(output, self.layout.num_frames)
+
+
+def forward_in_chunks(
+    fn: Callable[..., torch.Tensor], per_frame: Sequence[torch.Tensor], num_frames: int, chunk_size: int
+) -> torch.Tensor:
+    """Runs `fn` on chunks of at most `chunk_size` frames of every video, each chunk led by frame 0.
+
+    Text2Video-Zero's way to fit long videos in memory: the first chunk is frames
+    [0, chunk_size); every later chunk is frame 0 followed by the next chunk_size - 1 frames,
+    so frame 0 is there for the frames to attend to, and its output from that chunk is
+    dropped. With cross-frame attention to frame 0 and nothing else mixing frames (no
+    temporal layers) the result equals one call on the whole video; otherwise it does not.
+
+    Args:
+        fn: `fn(*chunks, n) -> ((g n), ...)`, called with the tensors of `per_frame` cut to a
+            chunk of n frames per group, e.g. `VideoUNet.forward_frames`.
+        per_frame: tensors ((g f), ...) in one batch layout: g groups (videos, or ComfyUI's
+            cond/uncond copies of one video: InstructPix2Pix's dual CFG runs 3) of f
+            consecutive frames each, e.g. latents, timesteps and text contexts.
+        num_frames: f.
+        chunk_size: frames per call, at least 2 (frame 0 and one more).
+
+    Returns:
+        ((g f), ...): fn's output for every frame, in the input's order.
+    """
+    if chunk_size < 2:
+        raise ValueError(f"chunk_size must be at least 2 (frame 0 and one more frame per chunk), got {chunk_size}")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+    batch = per_frame[0].shape[0]
+    if any(t.shape[0] != batch for t in per_frame) or batch % num_frames:
+        sizes = [t.shape[0] for t in per_frame]
+        raise ValueError(f"per-frame tensors of batch sizes {sizes} are not whole groups of {num_frames} frames")
+    if num_frames <= chunk_size:
+        return fn(*per_frame, num_frames)
+    groups = batch // num_frames
+    device = per_frame[0].device
+    starts = [0, *range(chunk_size, num_frames, chunk_size - 1)]
+    pieces = []
+    for start, end in zip(starts, [*starts[1:], num_frames]):
+        anchored = start > 0
+        frames = torch.arange(start, end, device=device)
+        if anchored:
+            frames = torch.cat([frames.new_zeros(1), frames])
+        index = (torch.arange(groups, device=device)[:, None] * num_frames + frames).flatten()
+        out = fn(*(t.index_select(0, index.to(t.device)) for t in per_frame), len(frames))
+        pieces.append(out.unflatten(0, (groups, len(frames)))[:, int(anchored):])
+    return torch.cat(pieces, dim=1).flatten(0, 1)

@@ -1,0 +1,277 @@
+"""The video model as patches on ComfyUI's own UNet (no second UNet, no diffusers).
+
+A video MODEL is a clone of the user's MODEL carrying, under the key "smoothvideo":
+
+- an attn1 replacement on every transformer block (`set_model_attn1_replace`): ComfyUI hands
+  it the projected q, k, v, and `video_layers.frame_attention` runs with ComfyUI's optimised
+  attention (and any `optimized_attention_override` another node sets);
+- a DIFFUSION_MODEL wrapper that reads the frame layout of each UNet call (the batch holds
+  `len(cond_or_uncond)` videos of consecutive frames) and, for Cross-frame Attention, runs long
+  videos in chunks led by frame 0;
+- an injection (`PatcherInjection`), applied by ComfyUI after it loads the weights and removed
+  before it touches them again, that hooks the temporal attention after each transformer
+  block's feed-forward and, for Tune-A-Video's group norm, the ResNet blocks' GroupNorms;
+- the temporal layers as an additional model, so ComfyUI loads, offloads and casts their
+  weights with the UNet's (ComfyUI's own layer types: they stream under low VRAM too).
+
+The checkpoint's model is never changed outside a load of the video MODEL, and every other
+patch (LoRA, PAG, FreeU, ControlNet) acts on ComfyUI's UNet as on the plain model.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+import comfy.ldm.modules.attention
+import comfy.model_patcher
+import comfy.ops
+import comfy.patcher_extension
+import comfy.utils
+from comfy.ldm.modules.attention import BasicTransformerBlock
+from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
+
+from ..smooth_core import video_layers
+
+KEY = "smoothvideo"
+# The UNet's parts that hold transformer blocks, with the name ComfyUI's transformer_options["block"] gives them.
+_BLOCK_LISTS = (("input", "input_blocks"), ("middle", "middle_block"), ("output", "output_blocks"))
+
+
+def comfy_attention(q, k, v, heads, transformer_options=None):
+    """ComfyUI's optimised attention (chosen at its start-up), with the call's options."""
+    options = {} if transformer_options is None else transformer_options
+    return comfy.ldm.modules.attention.optimized_attention(
+        q, k, v, heads, attn_precision=options.get("attn_precision"), transformer_options=options
+    )
+
+
+def transformer_sites(diffusion_model) -> list[tuple[str, tuple[str, int], BasicTransformerBlock]]:
+    """Every transformer block of a ComfyUI UNet in the UNet's down, mid, up order:
+    (its path, e.g. "input_blocks.1.1.transformer_blocks.0"; the key its attn1 replacement
+    is set under, e.g. ("input", 1); the block)."""
+    sites = []
+    for block_name, attribute in _BLOCK_LISTS:
+        part = getattr(diffusion_model, attribute, None)
+        if part is None:
+            continue
+        numbered = enumerate(part) if block_name != "middle" else [(0, part)]
+        for number, container in numbered:
+            prefix = attribute if block_name == "middle" else f"{attribute}.{number}"
+            for name, module in container.named_modules():
+                if isinstance(module, BasicTransformerBlock):
+                    sites.append((f"{prefix}.{name}", (block_name, number), module))
+    return sites
+
+
+def video_group_norms(diffusion_model) -> list[torch.nn.Module]:
+    """The GroupNorms Tune-A-Video runs over all frames, in ComfyUI's names: every ResBlock's
+    `in_layers[0]` and `out_layers[0]` (diffusers' norm1, norm2) and the UNet's `out[0]`
+    (conv_norm_out); the transformers' own norm stays per frame."""
+    resnets = [m for m in diffusion_model.modules() if isinstance(m, ResBlock)]
+    return [norm for r in resnets for norm in (r.in_layers[0], r.out_layers[0])] + [diffusion_model.out[0]]
+
+
+def diffusers_block_names(model, paths: list[str]) -> list[str]:
+    """Tune-A-Video's (diffusers') name of each transformer block path, e.g.
+    "input_blocks.1.1.transformer_blocks.0" -> "down_blocks.0.attentions.0.transformer_blocks.0"."""
+    key_map = comfy.utils.unet_to_diffusers(model.model.model_config.unet_config)
+    suffix = ".attn1.to_q.weight"
+    by_path = {ldm[: -len(suffix)]: name[: -len(suffix)] for name, ldm in key_map.items() if ldm.endswith(suffix)}
+    missing = [path for path in paths if path not in by_path]
+    if missing:
+        raise ValueError(f"no diffusers name for the transformer blocks {missing[:3]} of this UNet")
+    return [by_path[path] for path in paths]
+
+
+class TemporalBlock(torch.nn.Module):
+    """Tune-A-Video's `norm_temp` and `attn_temp` of one transformer block."""
+
+    def __init__(self, dim: int, heads: int, bias: bool, operations):
+        super().__init__()
+        self.norm_temp = operations.LayerNorm(dim)
+        self.attn_temp = video_layers.TemporalAttention(dim, heads, bias=bias, operations=operations)
+
+
+class TemporalLayers(torch.nn.Module):
+    """The temporal layers of a video MODEL, one `TemporalBlock` per transformer block in the
+    UNet's order, in ComfyUI's manual-cast layers (weights cast to the activations' dtype and
+    device at each call, as ComfyUI does for the UNet's own layers when it must)."""
+
+    def __init__(self, sites, group_norm: str, names: list[str], dtype: torch.dtype):
+        super().__init__()
+        self.names = names  # Tune-A-Video's block names, for files
+        blocks, states = [], []
+        for index, (_, _, block) in enumerate(sites):
+            dim, heads = block.attn1.to_q.in_features, block.n_heads
+            bias = block.attn1.to_q.bias is not None
+            blocks.append(TemporalBlock(dim, heads, bias, comfy.ops.manual_cast))
+            states.append(video_layers.temporal_state(dim, heads, index, group_norm, bias=bias))
+        self.blocks = torch.nn.ModuleList(blocks)
+        with torch.no_grad():
+            for block, state in zip(self.blocks, states):
+                block.load_state_dict({k: v.to(dtype) for k, v in state.items()})
+
+    def named_state(self) -> dict[str, torch.Tensor]:
+        """Every temporal tensor under Tune-A-Video's key names
+        (down_blocks.0.attentions.0.transformer_blocks.0.attn_temp.to_q.weight)."""
+        return {f"{name}.{key}": tensor for name, block in zip(self.names, self.blocks)
+                for key, tensor in block.state_dict().items()}
+
+    def load_named_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Copies tensors keyed as `named_state` gives them in (a subset: the tuned ones)."""
+        own = self.named_state()
+        unknown = sorted(state.keys() - own.keys())
+        if unknown:
+            raise ValueError(f"temporal weights for no layer of this model: {unknown[:3]}")
+        with torch.no_grad():
+            for key, tensor in state.items():
+                own[key].copy_(tensor)
+
+
+class TemporalHook:
+    """Forward hook on a transformer block: `video_layers.temporal_residual` on its output."""
+
+    def __init__(self, patches: "VideoPatches", index: int):
+        self.patches, self.index = patches, index
+
+    def __call__(self, block, args, output):
+        temporal = self.patches.temporal.blocks[self.index]
+        return video_layers.temporal_residual(output, self.patches.layout.num_frames, temporal.norm_temp,
+                                              temporal.attn_temp, comfy_attention)
+
+
+class VideoPatches:
+    """What a video MODEL adds to ComfyUI's UNet, shared by all clones of that MODEL (ComfyUI
+    deep-copies model options at every clone: the patches must stay one object, with one layout).
+
+    Args:
+        attention: one of `video_layers.ATTENTION_MODES`.
+        group_norm: one of `video_layers.GROUP_NORM_MODES`.
+        temporal: the temporal layers, or None (training-free: Cross-frame Attention).
+        chunk_size: run videos longer than this in chunks led by frame 0 (None: whole).
+    """
+
+    def __init__(self, attention: str, group_norm: str, temporal: TemporalLayers | None, chunk_size: int | None):
+        self.attention, self.group_norm, self.temporal, self.chunk_size = attention, group_norm, temporal, chunk_size
+        self.layout = video_layers.FrameLayout()
+        self._handles: dict[int, list] = {}
+
+    def __deepcopy__(self, memo):
+        return self
+
+    # ------------------------------------------------------------ attn1 replacement
+
+    def attn1(self, q, k, v, extra_options):
+        attention = functools.partial(comfy_attention, transformer_options=extra_options)
+        return video_layers.frame_attention(q, k, v, extra_options["n_heads"], self.layout.num_frames,
+                                            self.attention, attention)
+
+    # ------------------------------------------------------------ DIFFUSION_MODEL wrapper
+
+    def diffusion_model(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
+        groups = max(len(transformer_options.get("cond_or_uncond") or ()), 1)
+        if x.shape[0] % groups:
+            raise ValueError(f"a batch of {x.shape[0]} latents is not {groups} whole videos")
+        frames = x.shape[0] // groups
+        if self.chunk_size is None or frames <= self.chunk_size:
+            self.layout.num_frames = frames
+            return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+        batch = x.shape[0]
+
+        def pick(value, index):
+            if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == batch:
+                return value.index_select(0, index.to(value.device))
+            if isinstance(value, dict):
+                return {k: pick(v, index) for k, v in value.items()}
+            if isinstance(value, list):
+                return [pick(v, index) for v in value]
+            return value
+
+        def chunk(x_chunk, index, n):
+            self.layout.num_frames = n
+            extra = {k: pick(v, index) for k, v in kwargs.items()}
+            return executor(x_chunk, pick(timesteps, index), pick(context, index), pick(y, index),
+                            pick(control, index), transformer_options, **extra)
+
+        order = torch.arange(batch, device=x.device)
+        return video_layers.forward_in_chunks(chunk, (x, order), frames, self.chunk_size)
+
+    # ------------------------------------------------------------ injection
+
+    def inject(self, patcher) -> None:
+        diffusion_model = patcher.model.diffusion_model
+        handles = []
+        if self.temporal is not None:
+            sites = transformer_sites(diffusion_model)
+            if len(sites) != len(self.temporal.blocks):
+                raise ValueError("the video MODEL's temporal layers do not match its UNet's transformer blocks")
+            handles += [block.register_forward_hook(TemporalHook(self, i)) for i, (_, _, block) in enumerate(sites)]
+        if self.group_norm == "video":
+            hooks = video_layers.FrameGroupNormHooks(self.layout)
+            for norm in video_group_norms(diffusion_model):
+                handles += [norm.register_forward_pre_hook(hooks.before), norm.register_forward_hook(hooks.after)]
+        self._handles[id(patcher.model)] = handles
+
+    def eject(self, patcher) -> None:
+        for handle in self._handles.pop(id(patcher.model), []):
+            handle.remove()
+
+
+def video_patches(model) -> VideoPatches | None:
+    """The patches of a ComfyUI-native video MODEL, or None for any other MODEL."""
+    return model.get_attachment(KEY) if hasattr(model, "get_attachment") else None
+
+
+def native_video_model(model, attention: str, temporal: bool, group_norm: str | None = None,
+                       chunk_size: int | None = None):
+    """A clone of `model` that is a video model: frame attention (`attention`), with `temporal`
+    the temporal layers of Tune-A-Video, and the group norm `group_norm` (default: "video" with
+    temporal layers, "per_frame" without, as `inflate.inflate_unet`)."""
+    if attention not in video_layers.ATTENTION_MODES:
+        raise ValueError(f"attention mode {attention!r}; choose one of {video_layers.ATTENTION_MODES}")
+    if group_norm is None:
+        group_norm = "video" if temporal else "per_frame"
+    if group_norm not in video_layers.GROUP_NORM_MODES:
+        raise ValueError(f"group_norm {group_norm!r}; choose one of {video_layers.GROUP_NORM_MODES}")
+    if video_patches(model) is not None:
+        raise ValueError("this MODEL is already a video model; connect the Load Checkpoint MODEL instead")
+    diffusion_model = model.model.diffusion_model
+    sites = transformer_sites(diffusion_model)
+    if not sites:
+        raise ValueError("this MODEL's UNet has no transformer blocks to make a video model of")
+    layers = None
+    if temporal:
+        names = diffusers_block_names(model, [path for path, _, _ in sites])
+        with torch.inference_mode(False):
+            layers = TemporalLayers(sites, group_norm, names, model.model.get_dtype())
+    patches = VideoPatches(attention, group_norm, layers, chunk_size)
+    patched = model.clone()
+    for block_key in dict.fromkeys(key for _, key, _ in sites):
+        patched.set_model_attn1_replace(patches.attn1, *block_key)
+    comfy.patcher_extension.add_wrapper_with_key(
+        comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, patches.diffusion_model, patched.model_options,
+        is_model_options=True,
+    )
+    patched.set_injections(KEY, [comfy.patcher_extension.PatcherInjection(patches.inject, patches.eject)])
+    if layers is not None:
+        temporal_patcher = comfy.model_patcher.ModelPatcher(layers, load_device=model.load_device,
+                                                           offload_device=model.offload_device)
+        patched.set_additional_models(KEY, [temporal_patcher])
+    patched.set_attachments(KEY, patches)
+    return patched
+
+
+def loaded_models(model) -> list:
+    """The MODEL and the models it needs loaded with it (its temporal layers), for load_models_gpu."""
+    return [model, *model.get_nested_additional_models()]
+
+
+def model_call_options(model) -> dict:
+    """transformer_options for calling the MODEL's diffusion model directly (not through a
+    sampler): its patches and wrappers, one video, no CFG."""
+    options = comfy.patcher_extension.copy_nested_dicts(model.model_options.get("transformer_options", {}))
+    options["cond_or_uncond"] = [0]
+    return options
+

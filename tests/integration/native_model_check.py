@@ -1,0 +1,136 @@
+"""Run by a host's own Python, in its ComfyUI folder: the ComfyUI-native video model (patches on
+ComfyUI's UNet, nodes/video_patches.py) against the core's diffusers video model built from the
+same tiny checkpoint (smooth_core.inflate), in float32 on the CPU. Prints one JSON object:
+{case: {"difference": max |native - core|, "scale": max |core|, ...}} and a few facts.
+
+Usage: python native_model_check.py <ComfyUI folder> <custom_nodes folder holding the pack> <checkpoint>
+"""
+
+import importlib
+import json
+import sys
+
+comfy_dir, custom_nodes, checkpoint = sys.argv[1:4]
+sys.path[:0] = [comfy_dir, custom_nodes]
+
+import torch  # noqa: E402
+
+import comfy.cli_args  # noqa: E402
+
+comfy.cli_args.args.cpu = True  # as the test servers run (--cpu), before model_management picks a device
+import comfy.model_management  # noqa: E402
+import comfy.sd  # noqa: E402
+
+pack = importlib.import_module("ComfyUI-SmoothVideo")
+patches_module = importlib.import_module("ComfyUI-SmoothVideo.nodes.video_patches")
+convert = importlib.import_module("ComfyUI-SmoothVideo.smooth_core.convert")
+inflate = importlib.import_module("ComfyUI-SmoothVideo.smooth_core.inflate")
+
+torch.manual_seed(0)
+model = comfy.sd.load_checkpoint_guess_config(checkpoint, output_vae=False, output_clip=False)[0]
+assert model.model.get_dtype() == torch.float32, model.model.get_dtype()
+weights = {k: v.detach().clone() for k, v in model.model.diffusion_model.state_dict().items()}
+
+VIDEOS, FRAMES = 2, 5  # two videos in one batch, as a CFG batch holds cond and uncond
+g = torch.Generator().manual_seed(7)
+x = torch.randn(VIDEOS * FRAMES, 4, 8, 8, generator=g)
+timesteps = torch.tensor([301.0, 301.0]).repeat_interleave(FRAMES)
+context = torch.randn(VIDEOS, 3, 768, generator=g).repeat_interleave(FRAMES, dim=0)
+
+
+def native_call(video_model, frames_x=x, t=timesteps, ctx=context, groups=VIDEOS):
+    comfy.model_management.load_models_gpu(patches_module.loaded_models(video_model))
+    options = patches_module.model_call_options(video_model)
+    options["cond_or_uncond"] = list(range(groups))
+    with torch.no_grad():
+        return video_model.model.diffusion_model(frames_x, t, context=ctx, transformer_options=options)
+
+
+def plain_call():
+    comfy.model_management.load_models_gpu([model])
+    with torch.no_grad():
+        return model.model.diffusion_model(x, timesteps, context=context, transformer_options={})
+
+
+def core_model(attention, temporal, group_norm):
+    unet, _ = convert.ldm_unet_to_diffusers(weights)
+    return inflate.inflate_unet(unet.eval(), attention, temporal=temporal, group_norm=group_norm)
+
+
+def random_temporal(core):
+    """Non-zero temporal weights (all of attn_temp and norm_temp), the same on both paths."""
+    gen = torch.Generator().manual_seed(11)
+    state = {}
+    with torch.no_grad():
+        for name, p in core.unet.named_parameters():
+            if ".attn_temp." in name or ".norm_temp." in name:
+                p.add_(0.3 * torch.randn(p.shape, generator=gen))
+                state[name] = p.detach().clone()
+    return state
+
+
+results = {}
+before = plain_call()
+for attention in ("sparse_causal", "cross_frame"):
+    for group_norm in ("video", "per_frame"):
+        for weights_kind in ("init", "random"):
+            core = core_model(attention, True, group_norm)
+            native = patches_module.native_video_model(model, attention, temporal=True, group_norm=group_norm)
+            patches = patches_module.video_patches(native)
+            if weights_kind == "random":
+                state = random_temporal(core)
+                own = patches.temporal.named_state()
+                assert own.keys() == state.keys(), sorted(own.keys() ^ state.keys())[:4]
+                patches.temporal.load_named_state(state)
+            else:  # the same seeded init on both paths
+                own = patches.temporal.named_state()
+                core_state = {k: v for k, v in core.unet.state_dict().items() if "_temp." in k}
+                assert own.keys() == core_state.keys(), sorted(own.keys() ^ core_state.keys())[:4]
+                assert all(torch.equal(own[k], core_state[k]) for k in own), "temporal init differs"
+            with torch.no_grad():
+                expected = core.forward_frames(x, timesteps, context, FRAMES)
+            out = native_call(native)
+            results[f"{attention}/{group_norm}/{weights_kind}"] = {
+                "difference": (out - expected).abs().max().item(), "scale": expected.abs().max().item(),
+            }
+            del native, patches  # a dropped video MODEL takes its temporal layers with it
+
+# Training-free (Cross-frame Attention): no temporal layers, per-frame group norm; in chunks too.
+core = core_model("cross_frame", False, None)
+with torch.no_grad():
+    expected = core.forward_frames(x, timesteps, context, FRAMES)
+for chunk_size in (None, 2, 3):
+    native = patches_module.native_video_model(model, "cross_frame", temporal=False, chunk_size=chunk_size)
+    out = native_call(native)
+    results[f"cross_frame/training_free/chunks_of_{chunk_size}"] = {
+        "difference": (out - expected).abs().max().item(), "scale": expected.abs().max().item(),
+    }
+
+# float64: both models equal in exact arithmetic, so any real difference in semantics shows.
+with torch.inference_mode(False):
+    model.model.diffusion_model.double()
+    weights = {k: v.double() for k, v in weights.items()}
+for group_norm in ("video", "per_frame"):
+    core = core_model("sparse_causal", True, group_norm).double()
+    state = random_temporal(core)
+    native = patches_module.native_video_model(model, "sparse_causal", temporal=True, group_norm=group_norm)
+    patches = patches_module.video_patches(native)
+    patches.temporal.double().load_named_state(state)
+    with torch.no_grad():
+        expected = core.forward_frames(x.double(), timesteps.double(), context.double(), FRAMES)
+    out = native_call(native, x.double(), timesteps.double(), context.double())
+    results[f"float64/sparse_causal/{group_norm}/random"] = {
+        "difference": (out - expected).abs().max().item(), "scale": expected.abs().max().item(), "float64": True,
+    }
+    del native, patches
+with torch.inference_mode(False):
+    model.model.diffusion_model.float()
+
+after = plain_call()
+facts = {
+    "plain_model_unchanged": bool(torch.equal(before, after)),
+    "no_hooks_left": not any(m._forward_hooks or m._forward_pre_hooks for m in model.model.diffusion_model.modules()),
+    "video_differs_from_plain": (native_call(patches_module.native_video_model(model, "sparse_causal", True))
+                                 - before).abs().max().item(),
+}
+print(json.dumps({"cases": results, "facts": facts}))
