@@ -119,6 +119,12 @@ class TemporalLayers(torch.nn.Module):
         return {f"{name}.{key}": tensor for name, block in zip(self.names, self.blocks)
                 for key, tensor in block.state_dict().items()}
 
+    def named_state_parameters(self):
+        """(Tune-A-Video name, parameter) of every temporal parameter, block by block."""
+        for name, block in zip(self.names, self.blocks):
+            for key, p in block.named_parameters():
+                yield f"{name}.{key}", p
+
     def load_named_state(self, state: dict[str, torch.Tensor]) -> None:
         """Copies tensors keyed as `named_state` gives them in (a subset: the tuned ones)."""
         own = self.named_state()
@@ -157,9 +163,15 @@ class VideoPatches:
         self.attention, self.group_norm, self.temporal, self.chunk_size = attention, group_norm, temporal, chunk_size
         self.layout = video_layers.FrameLayout()
         self._handles: dict[int, list] = {}
+        # "HxW" of the latents the weights were tuned on (One-shot Tune, Load Tuned Video Weights).
+        self.tuned_latent_size: str | None = None
 
     def __deepcopy__(self, memo):
         return self
+
+    def with_temporal(self, temporal: TemporalLayers) -> "VideoPatches":
+        """The same video model with other temporal layers (tuned ones, or trainable copies)."""
+        return VideoPatches(self.attention, self.group_norm, temporal, self.chunk_size)
 
     # ------------------------------------------------------------ attn1 replacement
 
@@ -246,21 +258,27 @@ def native_video_model(model, attention: str, temporal: bool, group_norm: str | 
         names = diffusers_block_names(model, [path for path, _, _ in sites])
         with torch.inference_mode(False):
             layers = TemporalLayers(sites, group_norm, names, model.model.get_dtype())
-    patches = VideoPatches(attention, group_norm, layers, chunk_size)
-    patched = model.clone()
-    for block_key in dict.fromkeys(key for _, key, _ in sites):
-        patched.set_model_attn1_replace(patches.attn1, *block_key)
-    comfy.patcher_extension.add_wrapper_with_key(
-        comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, patches.diffusion_model, patched.model_options,
-        is_model_options=True,
-    )
-    patched.set_injections(KEY, [comfy.patcher_extension.PatcherInjection(patches.inject, patches.eject)])
-    if layers is not None:
-        temporal_patcher = comfy.model_patcher.ModelPatcher(layers, load_device=model.load_device,
+    return with_patches(model.clone(), VideoPatches(attention, group_norm, layers, chunk_size))
+
+
+def with_patches(model, patches: VideoPatches, managed_temporal: bool = True):
+    """Puts `patches` on `model` (a clone), in place of any video patches it carries.
+
+    `managed_temporal`: the temporal layers are an additional model that ComfyUI loads with the
+    UNet (False while tuning: the tuner keeps its float32 trainables on the device itself)."""
+    diffusion_model = model.model.diffusion_model
+    for block_key in dict.fromkeys(key for _, key, _ in transformer_sites(diffusion_model)):
+        model.set_model_attn1_replace(patches.attn1, *block_key)
+    wrappers = model.model_options.setdefault("transformer_options", {}).setdefault("wrappers", {})
+    wrappers.setdefault(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, {})[KEY] = [patches.diffusion_model]
+    model.set_injections(KEY, [comfy.patcher_extension.PatcherInjection(patches.inject, patches.eject)])
+    model.remove_additional_models(KEY)
+    if patches.temporal is not None and managed_temporal:
+        temporal_patcher = comfy.model_patcher.ModelPatcher(patches.temporal, load_device=model.load_device,
                                                            offload_device=model.offload_device)
-        patched.set_additional_models(KEY, [temporal_patcher])
-    patched.set_attachments(KEY, patches)
-    return patched
+        model.set_additional_models(KEY, [temporal_patcher])
+    model.set_attachments(KEY, patches)
+    return model
 
 
 def loaded_models(model) -> list:

@@ -232,6 +232,11 @@ class VideoUNet(nn.Module):
             block.attn1.set_processor(processor)
 
     @property
+    def in_channels(self) -> int:
+        """Latent channels the UNet takes."""
+        return self.unet.config.in_channels
+
+    @property
     def has_temporal(self) -> bool:
         """Whether the temporal attention layers are there (False: inflated with `temporal=False`)."""
         return any(hasattr(block, "attn_temp") for block in _transformer_blocks(self.unet))

@@ -163,12 +163,16 @@ class Tuner:
     """The tuning state of one video: model, optimizer, step counter and noise generator.
 
     Args:
-        video_unet: an inflated UNet (`inflate.inflate_unet`). Its trainable set
-            (`trainable_parameters()`) is marked trainable and optimised; everything else is
-            frozen. Trainable parameters must be float32 (the optimizer's master weights);
-            with mixed precision the frozen ones may be half precision, and are best held in
-            the autocast dtype: build the Tuner inside
-            `video_unet.placed(device, matmul_dtype(config.mixed_precision, device))`.
+        video_unet: a video model: the core's inflated UNet (`inflate.inflate_unet`), or the
+            ComfyUI-native one's view (`nodes/video_tuning.NativeTunable`). What the Tuner uses of
+            it: `video_unet(x_t, t, text_embeds)` -> eps, `trainable_parameters()`,
+            `mark_trainable()`, `trainable_state_dict()` / `load_trainable_state_dict()`,
+            `parameters()`, `in_channels`, `train()` / `training` and
+            `enable_gradient_checkpointing()`. Its trainable set is marked trainable and
+            optimised; everything else is frozen. Trainable parameters must be float32 (the
+            optimizer's master weights); with mixed precision the frozen ones may be half
+            precision, and are best held in the autocast dtype: for the core's model, build
+            the Tuner inside `video_unet.placed(device, matmul_dtype(config.mixed_precision, device))`.
         latents: (b, f, c, h, w) CLEAN latents already multiplied by the VAE scale factor
             (0.18215 for SD1.x). Whether they are a sample of the VAE posterior (as the
             published code) or its mean is the caller's choice; they stay fixed for the run.
@@ -199,7 +203,7 @@ class Tuner:
                                  f"tuning with the {config.variant} smooth loss")
         else:
             checks.require_video("latents", latents, 1, "tuning")
-        in_channels = video_unet.unet.config.in_channels
+        in_channels = video_unet.in_channels
         if latents.shape[2] != in_channels:
             raise ValueError(
                 f"latents have {latents.shape[2]} channels but the UNet takes {in_channels}: "

@@ -25,6 +25,8 @@ pack = importlib.import_module("ComfyUI-SmoothVideo")
 patches_module = importlib.import_module("ComfyUI-SmoothVideo.nodes.video_patches")
 convert = importlib.import_module("ComfyUI-SmoothVideo.smooth_core.convert")
 inflate = importlib.import_module("ComfyUI-SmoothVideo.smooth_core.inflate")
+tune = importlib.import_module("ComfyUI-SmoothVideo.smooth_core.tune")
+video_tuning = importlib.import_module("ComfyUI-SmoothVideo.nodes.video_tuning")
 
 torch.manual_seed(0)
 model = comfy.sd.load_checkpoint_guess_config(checkpoint, output_vae=False, output_clip=False)[0]
@@ -109,7 +111,7 @@ for chunk_size in (None, 2, 3):
 # float64: both models equal in exact arithmetic, so any real difference in semantics shows.
 with torch.inference_mode(False):
     model.model.diffusion_model.double()
-    weights = {k: v.double() for k, v in weights.items()}
+model.model.diffusion_model.dtype = torch.float64  # what ComfyUI casts the UNet's input to
 for group_norm in ("video", "per_frame"):
     core = core_model("sparse_causal", True, group_norm).double()
     state = random_temporal(core)
@@ -123,8 +125,96 @@ for group_norm in ("video", "per_frame"):
         "difference": (out - expected).abs().max().item(), "scale": expected.abs().max().item(), "float64": True,
     }
     del native, patches
+
+# float64 gradients of Eq. 4 at one noisy video: the same training signal on both paths.
+losses_module = importlib.import_module("ComfyUI-SmoothVideo.smooth_core.losses")
+schedule = importlib.import_module("ComfyUI-SmoothVideo.smooth_core.schedule")
+x0 = torch.randn(1, 4, 4, 8, 8, generator=g, dtype=torch.float64)
+noise = torch.randn(1, 4, 4, 8, 8, generator=g, dtype=torch.float64)
+text64 = torch.randn(1, 3, 768, generator=g, dtype=torch.float64)
+t = torch.tensor([400])
+a = schedule.sd15_alphas_cumprod()[t].view(1, 1, 1, 1, 1)
+x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+c = schedule.c_for_timesteps(t, schedule.sd15_alphas_cumprod())
+
+
+def eq4(eps):
+    return losses_module.total_loss(eps, noise, x_t, c, 1000.0, 0.2, "cross_frame", "l1")[0]
+
+
+core = core_model("sparse_causal", True, "video").double()
+random_temporal(core)
+core.mark_trainable()
+core_eps = core(x_t, t, text64)
+eq4(core_eps).backward()
+core_grads = {name: p.grad for name, p in core.unet.named_parameters() if p.requires_grad}
+native = patches_module.native_video_model(model, "sparse_causal", temporal=True)
+patches_module.video_patches(native).temporal.double().load_named_state(
+    {k: v for k, v in core.unet.state_dict().items() if "_temp." in k})
+tunable = video_tuning.NativeTunable(native, patches_module.video_patches(native), torch.device("cpu"), torch.float64)
+
+
+native_eps = []
+
+
+def gradient_body():
+    tunable.mark_trainable()
+    native_eps.append(tunable(x_t, t, text64))
+    eq4(native_eps[0]).backward()
+
+
+video_tuning.run_in_guider(tunable, [[text64, {}]], tuple(x0.shape), gradient_body)
+grad_of = {name: p.grad for name, p in tunable.named_trainable_parameters().items()}
+assert grad_of.keys() == core_grads.keys(), sorted(grad_of.keys() ^ core_grads.keys())[:4]
+results["float64/training_eps"] = {
+    "difference": (native_eps[0] - core_eps).abs().max().item(), "scale": core_eps.abs().max().item(), "float64": True,
+}
+results["float64/gradients"] = {
+    "difference": max((grad_of[k] - core_grads[k]).abs().max().item() for k in core_grads),
+    "scale": max(core_grads[k].abs().max().item() for k in core_grads), "float64": True,
+}
+del native, tunable
 with torch.inference_mode(False):
     model.model.diffusion_model.float()
+model.model.diffusion_model.dtype = torch.float32
+
+# A short tune on both paths from the same start: the same trained tensors within float32 noise.
+latents = torch.randn(1, 4, 4, 8, 8, generator=g)
+text = torch.randn(1, 3, 768, generator=g)
+config = tune.TuneConfig(steps=3, learning_rate=1e-3, lambda2=0.2, seed=5, mixed_precision="no")
+tunes = {}
+for checkpointing in (False, True):
+    core = core_model("sparse_causal", True, "video")
+    core_records = tune.Tuner(core, latents, text, tune.TuneConfig(**{**config.__dict__,
+                                                                      "gradient_checkpointing": checkpointing})).run()
+    core_state = core.trainable_state_dict()
+    native = patches_module.native_video_model(model, "sparse_causal", temporal=True)
+    tunable = video_tuning.NativeTunable(native, patches_module.video_patches(native), torch.device("cpu"))
+    if checkpointing:
+        tunable.enable_gradient_checkpointing()
+    records = []
+
+    def body():
+        tuner = tune.Tuner(tunable, latents, text, tune.TuneConfig(**{**config.__dict__,
+                                                                   "gradient_checkpointing": checkpointing}))
+        records.extend(tuner.run())
+
+    video_tuning.run_in_guider(tunable, [[text, {}]], tuple(latents.shape), body)
+    native_state = tunable.trainable_state_dict()
+    assert native_state.keys() == core_state.keys(), sorted(native_state.keys() ^ core_state.keys())[:4]
+    start = {k: v for k, v in core_model("sparse_causal", True, "video").trainable_state_dict().items()}
+    moved = sum((core_state[k] - start[k]).square().sum().item() for k in core_state) ** 0.5
+    difference = sum((native_state[k] - core_state[k]).square().sum().item() for k in core_state) ** 0.5
+    tuned = video_tuning.tuned_model(native, tunable, "8x8")
+    with torch.no_grad():
+        expected = core.forward_frames(x, timesteps, context, FRAMES)
+    out = native_call(tuned)
+    tunes[f"checkpointing_{checkpointing}"] = {
+        "weights_difference": difference, "weights_moved": moved, "losses": [r.total for r in records],
+        "core_losses": [r.total for r in core_records],
+        "output_difference": (out - expected).abs().max().item(), "output_scale": expected.abs().max().item(),
+    }
+    del native, tunable, tuned
 
 after = plain_call()
 facts = {
@@ -133,4 +223,4 @@ facts = {
     "video_differs_from_plain": (native_call(patches_module.native_video_model(model, "sparse_causal", True))
                                  - before).abs().max().item(),
 }
-print(json.dumps({"cases": results, "facts": facts}))
+print(json.dumps({"cases": results, "facts": facts, "tunes": tunes}))

@@ -1,0 +1,258 @@
+"""One-shot tuning of a ComfyUI-native video MODEL through ComfyUI's own model call.
+
+As `comfy_extras/nodes_train.py` trains LoRAs: the model is loaded whole outside inference
+mode, weight wrappers stand trainable tensors in for ComfyUI's weights, and the model runs
+inside a guider's sampling, so the `positive` conditioning takes part with all it carries (a
+ControlNet, a mask, an area). smooth_core's `Tuner` (the same as on the core's diffusers
+model) steps it: `NativeTunable` is its view of the MODEL.
+
+The trainable set is Tune-A-Video's: float32 copies of every transformer block's `attn1.to_q`
+and `attn2.to_q` weights (copies, not deltas: AdamW's weight decay acts on the weights, as in
+Tune-A-Video) and the temporal attention `attn_temp` (not `norm_temp`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+
+import torch
+import torch.utils.checkpoint
+
+import comfy.model_management
+import comfy.samplers
+import comfy.utils
+from comfy_extras.nodes_custom_sampler import Guider_Basic
+
+from ..smooth_core import schedule
+from . import video_patches
+from .video_patches import VideoPatches
+
+
+class TrainableWeight:
+    """A weight wrapper (ModelPatcher.add_weight_wrapper): the trainable copy replaces the
+    weight ComfyUI computes with, in the dtype it computes in (autograd reaches the copy)."""
+
+    def __init__(self):
+        self.parameter: torch.nn.Parameter | None = None
+
+    def __call__(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight if self.parameter is None else self.parameter.to(weight.dtype)
+
+
+class NativeTunable:
+    """A video MODEL as smooth_core's `Tuner` trains it: the trainables, Tune-A-Video's key names,
+    and a noise prediction through ComfyUI's model call (set by `run_in_guider`)."""
+
+    def __init__(self, model, patches: VideoPatches, device: torch.device, dtype: torch.dtype = torch.float32):
+        if patches.temporal is None:
+            raise ValueError("a video MODEL without temporal layers (Cross-frame Attention) has nothing to tune")
+        self.dtype = dtype  # of the trainables: float32 master weights (float64 in the tests' references)
+        with torch.inference_mode(False):
+            temporal = copy.deepcopy(patches.temporal).to(device, dtype)
+            for tensor in temporal.state_dict().values():
+                if tensor.is_inference():
+                    raise RuntimeError("temporal layers made in inference mode")
+        self.patches = patches.with_temporal(temporal)
+        self.model = video_patches.with_patches(model.clone(), self.patches, managed_temporal=False)
+        self.device = device
+        sites = video_patches.transformer_sites(model.model.diffusion_model)
+        # (ComfyUI's key, Tune-A-Video's name, wrapper) of every to_q weight.
+        self.q_weights = []
+        for (path, _, _), name in zip(sites, temporal.names):
+            for attn in ("attn1", "attn2"):
+                wrapper = TrainableWeight()
+                key = f"diffusion_model.{path}.{attn}.to_q.weight"
+                self.model.add_weight_wrapper(key, wrapper)
+                self.q_weights.append((key, f"{name}.{attn}.to_q.weight", wrapper))
+        self.in_channels = model.model.model_config.unet_config.get("in_channels")
+        self.training = False
+        self.predict = None  # (x, sigma) -> denoised, ComfyUI's model call, inside the guider
+        # The sigma of each timestep of the Tuner's schedule (SD1.5's; the nodes check the MODEL's is
+        # too), in float64: ComfyUI scales the input by 1 / sqrt(1 + sigma^2) with the sigma it is
+        # given, which then undoes this side's sqrt(1 + sigma^2) to float64 rounding.
+        self.sigmas = schedule.alpha_bar_to_sigma(schedule.sd15_alphas_cumprod())
+        self.checkpointing = False
+
+    # ------------------------------------------------------------ the trainable set
+
+    def take_loaded_weights(self) -> None:
+        """The trainable to_q copies, from the weights as the loaded model computes with them
+        (its LoRAs and earlier tunes applied): call once the model is loaded."""
+        with torch.inference_mode(False):
+            for key, _, wrapper in self.q_weights:
+                if wrapper.parameter is None:
+                    weight = comfy.utils.get_attr(self.model.model, key)
+                    wrapper.parameter = torch.nn.Parameter(weight.detach().to(self.device, self.dtype, copy=True))
+
+    def _temporal_trainables(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(name, p) for name, p in self.patches.temporal.named_state_parameters() if ".attn_temp." in name]
+
+    def named_trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """Tune-A-Video name -> trainable, block by block: attn1.to_q, attn2.to_q, then attn_temp's,
+        the order of the core's model (`inflate.VideoUNet.trainable_parameters`)."""
+        if any(wrapper.parameter is None for _, _, wrapper in self.q_weights):
+            raise RuntimeError("the to_q copies are taken from the loaded model: call take_loaded_weights first")
+        temporal = self._temporal_trainables()
+        per_block = len(temporal) // len(self.patches.temporal.blocks)
+        named = {}
+        for index in range(len(self.patches.temporal.blocks)):
+            for _, name, wrapper in self.q_weights[2 * index: 2 * index + 2]:
+                named[name] = wrapper.parameter
+            named.update(temporal[per_block * index: per_block * (index + 1)])
+        return named
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.named_trainable_parameters().values())
+
+    def parameters(self):
+        return iter(self.trainable_parameters())
+
+    def mark_trainable(self) -> None:
+        self.patches.temporal.requires_grad_(False)
+        for p in self.trainable_parameters():
+            p.requires_grad_(True)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach() for name, p in self.named_trainable_parameters().items()}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        own = self.trainable_state_dict()
+        missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+        if missing or unexpected:
+            raise ValueError(f"trainable state dict mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        wrong_shape = [k for k, v in state.items() if v.shape != own[k].shape]
+        if wrong_shape:
+            raise ValueError(f"trainable state dict has wrong shapes at {wrong_shape[:5]} (another base model?)")
+        with torch.no_grad():
+            for k, v in state.items():
+                own[k].copy_(v)
+
+    # ------------------------------------------------------------ the Tuner's model protocol
+
+    def train(self, mode: bool = True) -> "NativeTunable":
+        self.training = mode
+        return self
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each UNet block's activations in the backward pass, on the loaded model for
+        the tune only. `run_in_guider` reads it at its start: set it before (the Tuner's own call,
+        made inside, then changes nothing)."""
+        self.checkpointing = True
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        """eps for variance-preserving latents x_t (b, f, c, h, w) at integer timesteps t (b,),
+        recovered from ComfyUI's output: eps = (x - denoised) / sigma, x = x_t * sqrt(1 + sigma^2).
+        The text is the guider's `positive` (text_embeds is its embedding, for the Tuner's checks)."""
+        b, f = x_t.shape[:2]
+        sigma = self.sigmas[t.cpu()].to(x_t.device).repeat_interleave(f)  # one per frame, float64
+        x = x_t.flatten(0, 1) * (1.0 + sigma**2).sqrt().view(-1, 1, 1, 1)
+        denoised = self.predict(x, sigma)
+        eps = (x - denoised) / sigma.view(-1, 1, 1, 1)
+        return eps.to(x_t.dtype).unflatten(0, (b, f))
+
+
+class _TuneSampler(comfy.samplers.Sampler):
+    """A 'sampler' whose sampling is the whole tune: ComfyUI's guider has loaded the models and
+    prepared the conditioning, and hands over the model call."""
+
+    def __init__(self, body):
+        self.body = body
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        self.body(functools.partial(model_wrap, **extra_args))
+        return latent_image
+
+
+@contextlib.contextmanager
+def autograd_ready(module: torch.nn.Module):
+    """Within the block, no parameter or buffer of `module` is an inference tensor: ComfyUI loads
+    models in inference mode, and autograd cannot save such tensors for the backward pass. Each
+    is replaced by a normal copy, and put back on exit (the copies are dropped)."""
+    swapped = []
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            for m in module.modules():
+                for store in (m._parameters, m._buffers):
+                    for name, tensor in list(store.items()):
+                        if tensor is not None and tensor.is_inference():
+                            copy_ = tensor.clone()
+                            store[name] = torch.nn.Parameter(copy_, requires_grad=False) \
+                                if isinstance(tensor, torch.nn.Parameter) else copy_
+                            swapped.append((store, name, tensor))
+        yield
+    finally:
+        for store, name, original in reversed(swapped):
+            store[name] = original
+
+
+@contextlib.contextmanager
+def checkpointed_blocks(diffusion_model, enabled: bool):
+    """Gradient checkpointing of every input, middle and output block of ComfyUI's UNet (their
+    forward is replaced on the loaded model for the block's duration only)."""
+    blocks = [*diffusion_model.input_blocks, diffusion_model.middle_block, *diffusion_model.output_blocks] \
+        if enabled else []
+    try:
+        for block in blocks:
+            original = block.forward
+
+            def forward(*args, _original=original, **kwargs):
+                return torch.utils.checkpoint.checkpoint(_original, *args, use_reentrant=False, **kwargs)
+
+            block.forward = forward
+        yield
+    finally:
+        for block in blocks:
+            block.__dict__.pop("forward", None)
+
+
+def run_in_guider(tunable: NativeTunable, positive, video_shape: tuple, body) -> None:
+    """Loads the tuning model whole on its device (outside inference mode, no other model kept),
+    then calls `body()` inside a guider's sampling, with `tunable` predicting through it."""
+    model = tunable.model
+    with torch.inference_mode(False):
+        comfy.model_management.unload_all_models()  # weights reloaded now are usable by autograd
+        comfy.model_management.load_models_gpu(video_patches.loaded_models(model), memory_required=1e20,
+                                               force_full_load=True)
+        tunable.take_loaded_weights()
+        guider = Guider_Basic(model)
+        guider.set_conds(positive)
+        frames = video_shape[0] * video_shape[1]
+        latent = torch.zeros(frames, *video_shape[2:])
+        sampling = model.get_model_object("model_sampling")
+        sigmas = torch.tensor([float(sampling.sigma_max), 0.0])
+
+        def inside(predict):
+            tunable.predict = predict
+            try:
+                with autograd_ready(model.model), checkpointed_blocks(model.model.diffusion_model,
+                                                                      tunable.checkpointing):
+                    body()
+            finally:
+                tunable.predict = None
+
+        training_flag = hasattr(comfy.model_management, "in_training")
+        if training_flag:
+            comfy.model_management.in_training = True
+        try:
+            guider.sample(torch.zeros_like(latent), latent, _TuneSampler(inside), sigmas, disable_pbar=True, seed=0)
+        finally:
+            if training_flag:
+                comfy.model_management.in_training = False
+
+
+def tuned_model(model, tunable: NativeTunable, tuned_latent_size: str | None):
+    """A clone of the video MODEL `model` carrying the tuned weights as patches: the to_q weights
+    as "set" weight patches, the temporal layers (in the UNet's dtype) as its additional model."""
+    dtype = model.model.get_dtype()
+    with torch.inference_mode(False):
+        temporal = copy.deepcopy(tunable.patches.temporal).to(model.offload_device, dtype).requires_grad_(False)
+    patches = video_patches.video_patches(model).with_temporal(temporal)
+    patches.tuned_latent_size = tuned_latent_size
+    tuned = video_patches.with_patches(model.clone(), patches)
+    tuned.add_patches({key: ("set", (wrapper.parameter.detach().to("cpu", dtype).clone(),))
+                       for key, _, wrapper in tunable.q_weights}, 1.0)
+    return tuned
+
