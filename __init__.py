@@ -2,27 +2,13 @@
 
 ComfyUI imports this folder as a custom-node package. The math lives in smooth_core/
 (no ComfyUI import); nodes/ adapts it, one family of nodes per module, each listing NODES.
-The video-model nodes (Inflate UNet, Cross-frame Attention, DDIM Invert Video, One-shot Tune,
-Load Tuned Video Weights) run a diffusers UNet; without diffusers the others still load.
+The video model is patches on ComfyUI's own UNet (nodes/video_patches.py): the nodes need
+nothing beyond what ComfyUI itself brings.
 """
 
-import logging
+from .nodes import metrics, sampler, tuning, video_model
 
-from .nodes import metrics, sampler
-
-try:
-    from .nodes import tuning, video_model
-except ImportError as error:
-    if not (error.name or "").startswith("diffusers"):
-        raise
-    logging.warning(
-        "SmoothVideo: diffusers cannot be imported (%s), so Inflate UNet, Cross-frame Attention, DDIM Invert "
-        "Video, One-shot Tune and Load Tuned Video Weights are not loaded; VL Score, Select Video Frames, the "
-        "Smooth Noise Sampler and Same Noise For All Frames are. Install the pack's requirements.txt into "
-        "ComfyUI's Python (pip install -r requirements.txt) and restart ComfyUI.", error)
-    _NODES = [*metrics.NODES, *sampler.NODES]
-else:
-    _NODES = [*metrics.NODES, *video_model.NODES, *sampler.NODES, *tuning.NODES]
+_NODES = [*metrics.NODES, *video_model.NODES, *sampler.NODES, *tuning.NODES]
 _SCHEMAS = [node.define_schema() for node in _NODES]
 
 NODE_CLASS_MAPPINGS = {schema.node_id: node for schema, node in zip(_SCHEMAS, _NODES)}

@@ -1,11 +1,13 @@
-"""What kind of model a MODEL is, in ComfyUI's terms: shared by the sampler and the video-model
-nodes (this module needs no diffusers, so the sampler loads without it)."""
+"""What kind of model a MODEL is, in ComfyUI's terms, and the checks the nodes make of it before
+any heavy work: shared by the sampler, the video-model and the tuning nodes."""
 
 from __future__ import annotations
 
 import torch
 
 import comfy.model_sampling
+
+from ..smooth_core import schedule
 
 
 def prediction_name(sampling) -> str:
@@ -24,3 +26,42 @@ def schedule_name(sampling) -> str:
         if cls.__module__ == comfy.model_sampling.__name__ and issubclass(cls, torch.nn.Module):
             return cls.__name__
     return type(sampling).__name__
+
+
+def require_sd1_eps(model) -> None:
+    """Only epsilon-prediction SD1.x UNets are supported: say so before any heavy work.
+
+    The prediction type is read from the MODEL's effective sampling object, so a stock
+    ModelSamplingDiscrete (v_prediction, lcm, x0) or ModelSamplingSD3 (flow) node in front
+    counts too, not only what the checkpoint was detected as.
+    """
+    base = model.model
+    name = type(base.model_config).__name__
+    sampling = model.get_model_object("model_sampling")
+    epsilon = type(sampling).calculate_denoised is comfy.model_sampling.EPS.calculate_denoised
+    if not epsilon or not isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete):
+        kind = prediction_name(sampling)
+        if not isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete):
+            kind += f" on {schedule_name(sampling)}"
+        raise ValueError(
+            f"this MODEL ({name}) samples as {kind}; SmoothVideo's tuning and DDIM inversion need "
+            "epsilon prediction on the discrete SD1.x schedule (SD1.5, InstructPix2Pix): remove the "
+            "ModelSampling node (or use such a checkpoint)"
+        )
+    if base.model_config.unet_config.get("context_dim") != 768 or not hasattr(base.diffusion_model, "input_blocks"):
+        raise ValueError(
+            f"{name} is not an SD1.x UNet (SDXL, SD2 and flow models are not supported yet): "
+            "use an SD1.5 or InstructPix2Pix checkpoint"
+        )
+
+
+def require_sd15_schedule(model, node: str) -> None:
+    """Tuning draws its noise from, and DDIM inversion steps along, SD1.5's schedule: a MODEL
+    whose sigmas differ (ModelSamplingDiscrete with zsnr on) would mix two schedules."""
+    sigmas = model.get_model_object("model_sampling").sigmas.detach().cpu().double()
+    expected = schedule.alpha_bar_to_sigma(schedule.sd15_alphas_cumprod())
+    if sigmas.shape != expected.shape or not torch.allclose(sigmas, expected, rtol=1e-3, atol=0):
+        raise ValueError(
+            f"{node}: this MODEL's noise schedule is not SD1.5's (zero terminal SNR, zsnr, from a ModelSamplingDiscrete "
+            "node?), but tuning and DDIM inversion follow SD1.5's: remove that node or set zsnr off"
+        )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import itertools
 import json
 import os
 import re
@@ -16,20 +15,22 @@ from comfy_api.latest import io, ui
 import comfy.model_management
 import folder_paths
 
-from ..smooth_core import checks, convert, losses, memory, tune
+from ..smooth_core import checks, losses, memory, tune
+from . import video_patches, video_tuning
 from .common import CATEGORY, NODE_PREFIX, Progress, latent_size, pixel_size, single_prompt, video_frames_latent
+from .model_checks import require_sd15_schedule, require_sd1_eps
 from .plot import loss_curve_image
-from .video_model import VideoUNetAdapter, require_sd15_schedule, require_sd1_eps, source_unet, video_adapter
+from .video_patches import VideoPatches
 
 WEIGHTS_SUFFIX = ".safetensors"
 CHECKPOINT_SUFFIX = ".checkpoint.safetensors"
 
 
-def require_video_model(model, node: str) -> VideoUNetAdapter:
-    adapter = video_adapter(model)
-    if adapter is None:
+def require_video_model(model, node: str) -> VideoPatches:
+    patches = video_patches.video_patches(model)
+    if patches is None:
         raise ValueError(f"{node} needs a video MODEL: put Inflate UNet between Load Checkpoint and this node")
-    return adapter
+    return patches
 
 
 def tuned_file_paths(save_name: str) -> tuple[str, str]:
@@ -76,18 +77,18 @@ def remove_temporary_files(*paths: str) -> None:
                 pass
 
 
-def save_tuned_weights_safely(video_unet, path: str, metadata: dict[str, str]) -> None:
+def save_tuned_weights_safely(tunable, path: str, metadata: dict[str, str]) -> None:
     """The finished tune's weights at `path`; if that write fails, under a name of its own beside
     it, and an error that says where (the tune is not lost to a full name, a read-only file...)."""
     try:
-        tune.save_tuned_weights(video_unet, path, metadata)
+        tune.save_tuned_weights(tunable, path, metadata)
         return
     except OSError as error:
         failure = error
     folder = os.path.dirname(path)
     fallback = os.path.join(folder, f"smoothvideo_tuned_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}{WEIGHTS_SUFFIX}")
     try:
-        tune.save_tuned_weights(video_unet, fallback, metadata)
+        tune.save_tuned_weights(tunable, fallback, metadata)
     except OSError as error:
         raise OSError(
             f"the tuned weights could not be written to models/smoothvideo/{os.path.basename(path)} "
@@ -102,52 +103,67 @@ def save_tuned_weights_safely(video_unet, path: str, metadata: dict[str, str]) -
 
 
 def base_metadata(model, latents: torch.Tensor, text: torch.Tensor) -> dict[str, str]:
-    """What tuned weights and checkpoints are tied to: the base UNet and the LoRAs baked into the
-    video UNet, the frame count, the latent size, and (for resuming) the exact video latents and
+    """What tuned weights and checkpoints are tied to: the base UNet and the LoRAs (weight patches)
+    on the MODEL, the frame count, the latent size, and (for resuming) the exact video latents and
     prompt embedding."""
     content = hashlib.sha256(latents.float().cpu().numpy().tobytes())
     content.update(text.float().cpu().numpy().tobytes())
     return {
         "base_unet": base_fingerprint(model),
-        "unet_patches": video_adapter(model).weight_patches,
+        "unet_patches": weight_patches_fingerprint(model),
         "frames": str(latents.shape[1]),
         "latent_size": latent_size(latents),
         "video_and_prompt": content.hexdigest()[:16],
     }
 
 
-def base_fingerprint(model, legacy: bool = False) -> str:
-    """The base UNet's fingerprint; `legacy`: the one files saved before it was rounded to fp16
-    carry (it depends on the dtype ComfyUI held the weights in; still accepted, so it is computed
-    only for a file whose fingerprint is not the current one)."""
-    return convert.unet_fingerprint(source_unet(model).state_dict(), legacy=legacy)
+def base_fingerprint(model) -> str:
+    """The base UNet's fingerprint (`tune.unet_fingerprint`), from the checkpoint's own weights: a
+    loaded clone's weight patches (LoRAs) sit in the shared UNet's tensors until it is unloaded."""
+    if model.model.current_weight_patches_uuid is not None:
+        comfy.model_management.unload_all_models()
+    return tune.unet_fingerprint(model.model.diffusion_model.state_dict())
 
 
-def forked_adapter(adapter: VideoUNetAdapter, trainable_dtype: torch.dtype | None = None) -> VideoUNetAdapter:
-    """A new adapter whose UNet shares the frozen weights and owns its trainables, in
-    `trainable_dtype` (float32 master weights for tuning; by default the dtype the inflated
-    model samples in), with every tensor usable by autograd.
-
-    ComfyUI runs nodes, and moves models between devices, in inference mode; tensors made
-    there (a fork's copies, or weights ComfyUI moved to the GPU for sampling) cannot be
-    saved for backward, so such tensors are replaced by normal copies here.
-    """
-    with torch.inference_mode(False):
-        video_unet = adapter.video_unet.fork()
-        cast_trainables(video_unet, trainable_dtype or adapter.dtype)
-        for tensor in itertools.chain(video_unet.parameters(), video_unet.buffers()):
-            if tensor.is_inference():
-                tensor.data = tensor.data.clone()
-    return VideoUNetAdapter(video_unet, adapter.attention, adapter.source[0], adapter.chunk_size, adapter.weight_patches)
+UNET_PREFIX = "diffusion_model."
 
 
-def cast_trainables(video_unet, dtype: torch.dtype) -> None:
-    """The trainables (a fork's own) in `dtype`. ComfyUI samples with the inflated model's dtype
-    (fp16 on most GPUs) and runs no autocast: float32 trainables among fp16 weights would meet
-    fp16 activations in their matmuls and fail."""
-    with torch.inference_mode(False):
-        for p in video_unet.trainable_parameters():
-            p.data = p.data.to(dtype)
+def weight_patches_fingerprint(model) -> str:
+    """A fingerprint of the MODEL's UNet weight patches (LoRAs, merges; "none" without any), which
+    tells apart LoRAs and strengths that the base model's fingerprint cannot see."""
+    digest, patched = hashlib.sha256(), False
+    for key, patches in sorted(model.patches.items()):
+        if key.startswith(UNET_PREFIX):
+            digest.update(key.encode())
+            _hash_patch(digest, patches)
+            patched = True
+    return digest.hexdigest()[:16] if patched else "none"
+
+
+def _hash_patch(digest, value) -> None:
+    """Feeds a weight patch as ComfyUI holds it, (strength, adapter or tensors, strength_model,
+    offset, function) per patch, into `digest`: the strengths exactly and a strided sample of
+    every tensor, so the fingerprint depends on the patch itself, not on the dtype the base
+    weights are stored in or on the arithmetic that applies it."""
+    if isinstance(value, torch.Tensor):
+        sample = value.detach().flatten()[:: max(1, value.numel() // 4096)].to("cpu", torch.float32)
+        digest.update(f"tensor{tuple(value.shape)}".encode() + sample.contiguous().numpy().tobytes())
+    elif isinstance(value, (list, tuple)):
+        digest.update(b"(")
+        for item in value:
+            _hash_patch(digest, item)
+        digest.update(b")")
+    elif isinstance(value, dict):
+        for item_key in sorted(value, key=str):
+            digest.update(str(item_key).encode())
+            _hash_patch(digest, value[item_key])
+    elif value is None or isinstance(value, (bool, int, float, str)):
+        digest.update(repr(value).encode())
+    elif hasattr(value, "weights"):  # comfy.weight_adapter: LoRA, LoHa, LoKr, ...
+        digest.update(type(value).__name__.encode())
+        _hash_patch(digest, value.weights)
+    else:
+        digest.update(type(value).__qualname__.encode())
 
 
 class OneShotTune(io.ComfyNode):
@@ -187,10 +203,10 @@ class OneShotTune(io.ComfyNode):
     @classmethod
     def execute(cls, model, latent, positive, steps, learning_rate, lambda2, lambda1, variant, seed,
                 checkpoint_every, save_name, gradient_checkpointing) -> io.NodeOutput:
-        adapter = require_video_model(model, "One-shot Tune")
+        patches = require_video_model(model, "One-shot Tune")
         require_sd1_eps(model)
         require_sd15_schedule(model, "One-shot Tune")
-        if not adapter.video_unet.has_temporal:
+        if patches.temporal is None:
             raise ValueError(
                 "One-shot Tune: this video MODEL comes from Cross-frame Attention (training-free, no temporal "
                 "layers), so it has nothing to tune: tune a MODEL from Inflate UNet"
@@ -209,12 +225,12 @@ class OneShotTune(io.ComfyNode):
         latents = model.model.latent_format.process_in(samples.float()).unsqueeze(0)
         metadata = base_metadata(model, latents, text)
         metadata.update(lambda1=str(lambda1), lambda2=str(lambda2), variant=variant, steps=str(steps),
-                        attention=adapter.attention, group_norm=adapter.video_unet.group_norm)
+                        attention=patches.attention, group_norm=patches.group_norm)
 
-        comfy.model_management.unload_all_models()
-        # The fork shares the inflated model's frozen weights, which stay where ComfyUI keeps them:
-        # tuning runs on copies on the GPU in the autocast dtype (VideoUNet.placed).
-        tuned = forked_adapter(adapter, torch.float32)
+        # Float32 trainables, the MODEL's own weights frozen, run through ComfyUI's model call.
+        tunable = video_tuning.NativeTunable(model, patches, device)
+        if gradient_checkpointing:
+            tunable.enable_gradient_checkpointing()
         progress = Progress(steps)
         history: list[list] = []
         first_step = 0
@@ -226,36 +242,35 @@ class OneShotTune(io.ComfyNode):
             "a re-run with the same settings resumes from it."
         )
         started = time.time()
-        tuner = None
+
+        def body() -> None:
+            nonlocal history, first_step
+            tuner = tune.Tuner(tunable, latents, text, config)
+            history = resume_if_possible(tuner, checkpoint_path, metadata, notes)
+            first_step = tuner.steps_done
+            progress.bar.update_absolute(first_step)
+
+            def after_step(record: tune.StepRecord) -> None:
+                history.append([record.total, record.mse, record.smooth])
+                if checkpoint_every and record.step % checkpoint_every == 0:
+                    tune.save_checkpoint(tuner, checkpoint_path, {**metadata, "history": json.dumps(history)})
+                progress.step()
+
+            tuner.run(callback=after_step)
+
         try:
-            # Placed inside the explanation: copying the weights to the GPU can run out of memory too.
-            with memory.explain_out_of_memory(f"tuning {checks.frames(latents.shape[1])} of {pixel_size(samples)}", advice), \
-                    tuned.video_unet.placed(device, tune.matmul_dtype(config.mixed_precision, device)):
-                tuner = tune.Tuner(tuned.video_unet, latents, text, config)
-                with torch.inference_mode(False):  # loaded optimizer state is updated in place later
-                    history = resume_if_possible(tuner, checkpoint_path, metadata, model, notes)
-                first_step = tuner.steps_done
-                progress.bar.update_absolute(first_step)
-
-                def after_step(record: tune.StepRecord) -> None:
-                    history.append([record.total, record.mse, record.smooth])
-                    if checkpoint_every and record.step % checkpoint_every == 0:
-                        tune.save_checkpoint(tuner, checkpoint_path, {**metadata, "history": json.dumps(history)})
-                    progress.step()
-
-                tuner.run(callback=after_step)
+            # Loading the model whole for training can run out of memory too.
+            with memory.explain_out_of_memory(f"tuning {checks.frames(latents.shape[1])} of {pixel_size(samples)}", advice):
+                video_tuning.run_in_guider(tunable, positive, tuple(latents.shape), body)
         except BaseException:
             # Failed or interrupted: nothing of the run stays in memory; its checkpoint is on disk.
-            del tuner, tuned
+            del tunable
             gc.collect()
             raise
         finally:
-            # The GPU copies went with the placement; the optimizer state goes with the tuner.
-            tuner = None
+            # The optimizer state went with the tuner.
             comfy.model_management.soft_empty_cache()
-        tuned.video_unet.requires_grad_(False).eval()
-        save_tuned_weights_safely(tuned.video_unet, final_path, metadata)  # the float32 weights
-        cast_trainables(tuned.video_unet, adapter.dtype)
+        save_tuned_weights_safely(tunable, final_path, metadata)  # the float32 weights
         seconds = time.time() - started
         ran = max(steps - first_step, 0)
 
@@ -272,9 +287,8 @@ class OneShotTune(io.ComfyNode):
             + f"\nsaved models/smoothvideo/{os.path.basename(final_path)}"
             + "".join(f"\n{note}" for note in notes)
         )
-        tuned.tuned_latent_size = metadata["latent_size"]
-        patched = model.clone()
-        patched.add_object_patch("diffusion_model", tuned)
+        patched = video_tuning.tuned_model(model, tunable.tuned_weights(), metadata["latent_size"])
+        del tunable
         # The loss curve shows on the node as a preview; the numbers are for HTTP clients (/history).
         preview = ui.PreviewImage(curve, cls=cls).as_dict()
         return io.NodeOutput(patched, curve, ui={**preview, "text": [summary], "losses": history})
@@ -312,7 +326,7 @@ def require_tunable_latent(model, samples: torch.Tensor, variant: str, lambda2: 
         )
 
 
-def resume_if_possible(tuner: tune.Tuner, checkpoint_path: str, metadata: dict[str, str], model,
+def resume_if_possible(tuner: tune.Tuner, checkpoint_path: str, metadata: dict[str, str],
                        notes: list[str]) -> list[list]:
     """Continues from this save_name's checkpoint when it was made for the same base model,
     video and settings (a different run starts anew); returns the loss history so far. A
@@ -330,11 +344,7 @@ def resume_if_possible(tuner: tune.Tuner, checkpoint_path: str, metadata: dict[s
             f"({readable_reason(error)}): it was set aside as {os.path.basename(aside)} and the tune started anew"
         )
         return []
-    # Checkpoints from before LoRAs were recorded count as made without one.
-    saved = {"unet_patches": "none", **state["metadata"]}
-    if saved.get("base_unet") not in (None, metadata["base_unet"]) \
-            and saved["base_unet"] == base_fingerprint(model, legacy=True):  # saved before the fp16 rounding
-        saved["base_unet"] = metadata["base_unet"]
+    saved = state["metadata"]
     if any(saved.get(key) != value for key, value in metadata.items() if key != "steps"):
         return []
     try:
@@ -372,7 +382,7 @@ class LoadTunedVideoWeights(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, weights) -> io.NodeOutput:
-        adapter = require_video_model(model, "Load Tuned Video Weights")
+        patches = require_video_model(model, "Load Tuned Video Weights")
         if weights.endswith(CHECKPOINT_SUFFIX):
             raise ValueError(
                 f"{weights} is a tuning checkpoint (One-shot Tune resumes from it), not tuned weights: choose "
@@ -389,18 +399,18 @@ class LoadTunedVideoWeights(io.ComfyNode):
                 "short or not written by One-shot Tune; re-run One-shot Tune to write it again, or choose another file"
             ) from None
         base, recorded = base_fingerprint(model), metadata.get("base_unet")
-        if recorded not in (None, base) and recorded != base_fingerprint(model, legacy=True):
+        if recorded != base:
             raise ValueError(
                 f"{weights} was tuned from another base model (UNet {metadata.get('base_unet')}, this one is {base}): "
                 "load the checkpoint it was tuned from"
             )
         tuned_attention = metadata.get("attention")
-        if tuned_attention not in (None, adapter.attention):
+        if tuned_attention != patches.attention:
             raise ValueError(
                 f"{weights} was tuned with {tuned_attention} attention, but this MODEL's Inflate UNet uses "
-                f"{adapter.attention}: set Inflate UNet's attention to {tuned_attention}"
+                f"{patches.attention}: set Inflate UNet's attention to {tuned_attention}"
             )
-        tuned_norm, group_norm = metadata.get("group_norm"), adapter.video_unet.group_norm
+        tuned_norm, group_norm = metadata.get("group_norm"), patches.group_norm
         if tuned_norm is None:
             raise ValueError(
                 f"{weights} was written by an earlier version of SmoothVideo (per-frame group norm, a trainable set "
@@ -411,25 +421,24 @@ class LoadTunedVideoWeights(io.ComfyNode):
                 f"{weights} was tuned with group_norm {tuned_norm}, but this MODEL's Inflate UNet uses group_norm "
                 f"{group_norm}: set Inflate UNet's group_norm to {tuned_norm}"
             )
-        tuned_patches = metadata.get("unet_patches")  # absent in files from before LoRAs were recorded
-        if tuned_patches not in (None, adapter.weight_patches):
+        tuned_patches, own_patches = metadata.get("unet_patches"), weight_patches_fingerprint(model)
+        if tuned_patches != own_patches:
             if tuned_patches == "none":
-                problem = "without LoRAs, but this MODEL has LoRAs (or other weight patches) baked in"
-            elif adapter.weight_patches == "none":
+                problem = "without LoRAs, but this MODEL has LoRAs (or other weight patches)"
+            elif own_patches == "none":
                 problem = "with LoRAs (or other weight patches), but this MODEL has none"
             else:
                 problem = "with other LoRAs (or other strengths) than this MODEL's"
             raise ValueError(
-                f"{weights} was tuned on this checkpoint {problem}: apply the same LoRAs, at the same strengths, "
-                "before Inflate UNet"
+                f"{weights} was tuned on this checkpoint {problem}: apply the same LoRAs, at the same strengths "
+                "(before or after Inflate UNet)"
             )
-        tuned = forked_adapter(adapter)
-        tuned.video_unet.load_trainable_state_dict(state)
-        tuned.video_unet.requires_grad_(False).eval()
-        tuned.tuned_latent_size = metadata.get("latent_size")
-        patched = model.clone()
-        patched.add_object_patch("diffusion_model", tuned)
-        return io.NodeOutput(patched)
+        try:
+            weights_by_kind = video_tuning.split_tuned_weights(model, patches, state)
+        except ValueError as error:
+            raise ValueError(f"{weights} does not fit this video MODEL ({error}): load the checkpoint it was tuned "
+                             "from, inflated as it was for tuning") from None
+        return io.NodeOutput(video_tuning.tuned_model(model, weights_by_kind, metadata.get("latent_size")))
 
 
 NODES = [OneShotTune, LoadTunedVideoWeights]

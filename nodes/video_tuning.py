@@ -15,19 +15,25 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 
 import torch
 import torch.utils.checkpoint
 
 import comfy.model_management
-import comfy.samplers
 import comfy.utils
-from comfy_extras.nodes_custom_sampler import Guider_Basic
 
 from ..smooth_core import schedule
 from . import video_patches
+from .guided import run_with_model_call
 from .video_patches import VideoPatches
+
+
+class TunedWeights:
+    """Tuned weights as the video MODEL takes them: to_q weights under ComfyUI's keys
+    (diffusion_model....attn1.to_q.weight) and temporal tensors under Tune-A-Video's names."""
+
+    def __init__(self, to_q: dict[str, torch.Tensor], temporal: dict[str, torch.Tensor]):
+        self.to_q, self.temporal = to_q, temporal
 
 
 class TrainableWeight:
@@ -117,6 +123,10 @@ class NativeTunable:
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {name: p.detach() for name, p in self.named_trainable_parameters().items()}
 
+    def tuned_weights(self) -> TunedWeights:
+        return TunedWeights({key: wrapper.parameter.detach() for key, _, wrapper in self.q_weights},
+                            {name: p.detach() for name, p in self._temporal_trainables()})
+
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         own = self.trainable_state_dict()
         missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
@@ -153,27 +163,20 @@ class NativeTunable:
         return eps.to(x_t.dtype).unflatten(0, (b, f))
 
 
-class _TuneSampler(comfy.samplers.Sampler):
-    """A 'sampler' whose sampling is the whole tune: ComfyUI's guider has loaded the models and
-    prepared the conditioning, and hands over the model call."""
-
-    def __init__(self, body):
-        self.body = body
-
-    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
-               disable_pbar=False):
-        self.body(functools.partial(model_wrap, **extra_args))
-        return latent_image
-
-
 @contextlib.contextmanager
 def autograd_ready(module: torch.nn.Module):
-    """Within the block, no parameter or buffer of `module` is an inference tensor: ComfyUI loads
-    models in inference mode, and autograd cannot save such tensors for the backward pass. Each
-    is replaced by a normal copy, and put back on exit (the copies are dropped)."""
+    """Within the block, `module` is frozen (no gradient is computed for any of its parameters:
+    the trainables stand in for its to_q weights through weight wrappers) and none of its
+    parameters or buffers is an inference tensor: ComfyUI loads models in inference mode, and
+    autograd cannot save such tensors for the backward pass. Each is replaced by a normal copy.
+    On exit the originals and their requires_grad flags are back (the copies are dropped)."""
     swapped = []
+    flags = [(p, p.requires_grad) for p in module.parameters()]
     try:
         with torch.inference_mode(False), torch.no_grad():
+            for p, _ in flags:
+                if not p.is_inference():
+                    p.requires_grad_(False)
             for m in module.modules():
                 for store in (m._parameters, m._buffers):
                     for name, tensor in list(store.items()):
@@ -186,6 +189,10 @@ def autograd_ready(module: torch.nn.Module):
     finally:
         for store, name, original in reversed(swapped):
             store[name] = original
+        with torch.inference_mode(False):
+            for p, flag in flags:
+                if not p.is_inference():
+                    p.requires_grad_(flag)
 
 
 @contextlib.contextmanager
@@ -217,12 +224,6 @@ def run_in_guider(tunable: NativeTunable, positive, video_shape: tuple, body) ->
         comfy.model_management.load_models_gpu(video_patches.loaded_models(model), memory_required=1e20,
                                                force_full_load=True)
         tunable.take_loaded_weights()
-        guider = Guider_Basic(model)
-        guider.set_conds(positive)
-        frames = video_shape[0] * video_shape[1]
-        latent = torch.zeros(frames, *video_shape[2:])
-        sampling = model.get_model_object("model_sampling")
-        sigmas = torch.tensor([float(sampling.sigma_max), 0.0])
 
         def inside(predict):
             tunable.predict = predict
@@ -237,22 +238,43 @@ def run_in_guider(tunable: NativeTunable, positive, video_shape: tuple, body) ->
         if training_flag:
             comfy.model_management.in_training = True
         try:
-            guider.sample(torch.zeros_like(latent), latent, _TuneSampler(inside), sigmas, disable_pbar=True, seed=0)
+            run_with_model_call(model, positive, video_shape, inside)
         finally:
             if training_flag:
                 comfy.model_management.in_training = False
 
 
-def tuned_model(model, tunable: NativeTunable, tuned_latent_size: str | None):
-    """A clone of the video MODEL `model` carrying the tuned weights as patches: the to_q weights
-    as "set" weight patches, the temporal layers (in the UNet's dtype) as its additional model."""
-    dtype = model.model.get_dtype()
-    with torch.inference_mode(False):
-        temporal = copy.deepcopy(tunable.patches.temporal).to(model.offload_device, dtype).requires_grad_(False)
-    patches = video_patches.video_patches(model).with_temporal(temporal)
-    patches.tuned_latent_size = tuned_latent_size
-    tuned = video_patches.with_patches(model.clone(), patches)
-    tuned.add_patches({key: ("set", (wrapper.parameter.detach().to("cpu", dtype).clone(),))
-                       for key, _, wrapper in tunable.q_weights}, 1.0)
-    return tuned
+def split_tuned_weights(model, patches: VideoPatches, state: dict[str, torch.Tensor]) -> TunedWeights:
+    """A tuned-weights file's tensors (Tune-A-Video's names) for this video MODEL; a tensor for
+    no layer of it, a missing one or a wrong shape is an error."""
+    sites = video_patches.transformer_sites(model.model.diffusion_model)
+    names = patches.temporal.names if patches.temporal is not None else []
+    if len(names) != len(sites):
+        raise ValueError("it has no temporal layers (Cross-frame Attention?)")
+    q_keys = {f"{name}.{attn}.to_q.weight": f"diffusion_model.{path}.{attn}.to_q.weight"
+              for (path, _, _), name in zip(sites, names) for attn in ("attn1", "attn2")}
+    own_temporal = {k: v for k, v in patches.temporal.named_state().items() if ".attn_temp." in k}
+    expected = {**{k: comfy.utils.get_attr(model.model, v) for k, v in q_keys.items()}, **own_temporal}
+    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
+    if missing or unexpected:
+        raise ValueError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    wrong = [k for k, v in state.items() if v.shape != expected[k].shape]
+    if wrong:
+        raise ValueError(f"wrong shapes at {wrong[:3]}")
+    return TunedWeights({q_keys[k]: state[k] for k in q_keys}, {k: state[k] for k in own_temporal})
 
+
+def tuned_model(model, weights: TunedWeights, tuned_latent_size: str | None):
+    """A clone of the video MODEL `model` carrying tuned weights as patches: the to_q weights as
+    "set" weight patches (LoRAs added later still act on them), the temporal layers (in the UNet's
+    dtype) as its additional model."""
+    dtype = model.model.get_dtype()
+    patches = video_patches.video_patches(model)
+    with torch.inference_mode(False):
+        temporal = copy.deepcopy(patches.temporal).to(model.offload_device, dtype).requires_grad_(False)
+        temporal.load_named_state(weights.temporal)
+    tuned_patches = patches.with_temporal(temporal)
+    tuned_patches.tuned_latent_size = tuned_latent_size
+    tuned = video_patches.with_patches(model.clone(), tuned_patches)
+    tuned.add_patches({key: ("set", (tensor.to("cpu", dtype).clone(),)) for key, tensor in weights.to_q.items()}, 1.0)
+    return tuned

@@ -41,9 +41,11 @@ class ComfyServer:
     """A ComfyUI server on a free loopback port, stopped (by its own PID) on exit."""
 
     def __init__(self, host_dir: pathlib.Path = HOST, log_path: pathlib.Path | None = None,
-                 extra_custom_nodes: tuple[pathlib.Path, ...] = (), extra_args: tuple[str, ...] = ()):
+                 extra_custom_nodes: tuple[pathlib.Path, ...] = (), extra_args: tuple[str, ...] = (),
+                 extra_env: dict[str, str] | None = None):
         """`extra_custom_nodes`: more folders of custom nodes for this server only (the tests' probe).
-        `extra_args`: more ComfyUI command-line options (e.g. --fp16-unet)."""
+        `extra_args`: more ComfyUI command-line options (e.g. --fp16-unet).
+        `extra_env`: more environment variables for the server's process."""
         self.host_dir = pathlib.Path(host_dir)
         self.python = self.host_dir / "venv" / "bin" / "python"
         self.comfy = self.host_dir / "ComfyUI"
@@ -59,6 +61,7 @@ class ComfyServer:
         self.client_id = uuid.uuid4().hex
         self.extra_custom_nodes = tuple(pathlib.Path(p).resolve() for p in extra_custom_nodes)
         self.extra_args = tuple(extra_args)
+        self.extra_env = dict(extra_env or {})
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -67,7 +70,7 @@ class ComfyServer:
         return self.get("/system_stats")["system"]["comfyui_version"]
 
     def start(self, timeout: float = 120.0) -> "ComfyServer":
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", DO_NOT_TRACK="1")
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", DO_NOT_TRACK="1", **self.extra_env)
         env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 2))
         args = [
             str(self.python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),

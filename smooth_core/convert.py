@@ -12,7 +12,6 @@ LDM -> diffusers -> LDM gives back the same keys and bitwise the same tensors.
 
 from __future__ import annotations
 
-import hashlib
 import re
 
 import torch
@@ -285,25 +284,3 @@ def _ldm_keys_of(unet: UNet2DConditionModel) -> list[str]:
                 keys.extend(f"output_blocks.{i}.{slot}.conv.{p}" for p in ("weight", "bias"))
             i += 1
     return keys
-
-
-def unet_fingerprint(ldm_state_dict: dict[str, torch.Tensor], legacy: bool = False) -> str:
-    """A short hash that tells base models apart, cheap at SD1.5 size: every key and shape,
-    and the values of the first and last tensors and of the time embedding's first layer
-    (tuned weights name the model they fit).
-
-    The values are hashed rounded to fp16, so that one checkpoint file gives one fingerprint
-    whether ComfyUI holds its UNet in float32 (a CPU) or in fp16 (a GPU): weights tuned on one
-    machine load on the other. (Held in bf16 or fp8, an fp32 or fp16 file fingerprints apart.)
-    `legacy`: the values in float32 as held, the fingerprint of files saved before the rounding
-    (accepted as well when loading them)."""
-    sd = _strip_prefix(ldm_state_dict)
-    digest = hashlib.sha256()
-    names = sorted(sd)
-    for name in names:
-        digest.update(f"{name}:{tuple(sd[name].shape)};".encode())
-    for name in (names[0], names[-1], "time_embed.0.weight"):
-        if name in sd:
-            values = sd[name].detach().to("cpu", torch.float32 if legacy else torch.float16)
-            digest.update(values.contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]

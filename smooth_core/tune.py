@@ -14,6 +14,7 @@ and moved into place, so a crash never leaves a half-written file under the real
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -40,6 +41,7 @@ __all__ = [
     "save_checkpoint",
     "save_tuned_weights",
     "temporary_files",
+    "unet_fingerprint",
 ]
 
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
@@ -638,3 +640,28 @@ def _require_positive(name: str, value, hint: str) -> None:
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
+
+_CHECKPOINT_UNET_PREFIX = "model.diffusion_model."
+
+
+def unet_fingerprint(unet_state_dict: dict[str, torch.Tensor]) -> str:
+    """A short hash that tells base models apart, cheap at SD1.5 size: every key and shape, and
+    the values of the first and last tensors and of the time embedding's first layer (tuned
+    weights name the model they fit). Keys as ComfyUI's UNet state dict gives them, or with the
+    checkpoint's `model.diffusion_model.` prefix (then other keys are ignored).
+
+    The values are hashed rounded to fp16, so that one checkpoint file gives one fingerprint
+    whether ComfyUI holds its UNet in float32 (a CPU) or in fp16 (a GPU): weights tuned on one
+    machine load on the other. (Held in bf16 or fp8, an fp32 or fp16 file fingerprints apart.)"""
+    sd = unet_state_dict
+    if any(k.startswith(_CHECKPOINT_UNET_PREFIX) for k in sd):
+        sd = {k[len(_CHECKPOINT_UNET_PREFIX):]: v for k, v in sd.items() if k.startswith(_CHECKPOINT_UNET_PREFIX)}
+    digest = hashlib.sha256()
+    names = sorted(sd)
+    for name in names:
+        digest.update(f"{name}:{tuple(sd[name].shape)};".encode())
+    for name in (names[0], names[-1], "time_embed.0.weight"):
+        if name in sd:
+            values = sd[name].detach().to("cpu", torch.float16)
+            digest.update(values.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

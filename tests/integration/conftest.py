@@ -13,6 +13,8 @@ from make_sample_video import render_frames, write_video  # noqa: E402
 
 
 PROBE_NODES = pathlib.Path(__file__).resolve().parent / "probe_nodes"
+# A sitecustomize that makes `import diffusers` fail in the servers: the pack runs without it.
+REFUSE_DIFFUSERS = pathlib.Path(__file__).resolve().parent / "refuse_diffusers"
 FIRST_HOST = next(iter(HOSTS))
 
 
@@ -29,9 +31,10 @@ def host(request):
 
 @pytest.fixture(scope="session")
 def server(host):
-    # probe_nodes/ adds a test-only node that counts live objects inside the server.
+    # probe_nodes/ adds a test-only node that counts live objects inside the server. No test server
+    # can import diffusers: every workflow and node the suite runs runs without it.
     version, folder = host
-    with ComfyServer(folder, extra_custom_nodes=(PROBE_NODES,)) as running:
+    with ComfyServer(folder, extra_custom_nodes=(PROBE_NODES,), extra_env={"PYTHONPATH": str(REFUSE_DIFFUSERS)}) as running:
         assert running.version == version
         yield running
 

@@ -3,12 +3,10 @@ TINY settings of scripts/quick_settings.py."""
 
 import uuid
 
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from comfy_host import load_workflow
 from quick_settings import TINY, quick
-from smooth_core.convert import unet_fingerprint
 
 
 def tiny_workflow(name: str, video: str, **save_names) -> dict:
@@ -63,17 +61,6 @@ def sampler_graph(**sampler_inputs) -> dict:
     }
     prompt["5"]["inputs"].update(sampler_inputs)
     return prompt
-
-
-def give_former_base_fingerprint(server, path) -> None:
-    """Rewrites a tuned-weights or checkpoint file as saved before the base fingerprint was
-    rounded to fp16: its base_unet becomes the float32 values' hash as this CPU host holds the
-    tiny fp16 checkpoint."""
-    with safe_open(str(path), "pt") as f:
-        metadata = f.metadata()
-    legacy = unet_fingerprint({k: v.float() for k, v in tiny_unet_weights(server).items()}, legacy=True)
-    assert legacy != metadata["base_unet"]
-    save_file(load_file(str(path)), str(path), metadata={**metadata, "base_unet": legacy})
 
 
 def tiny_unet_weights(server) -> dict:

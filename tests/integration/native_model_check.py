@@ -205,15 +205,33 @@ for checkpointing in (False, True):
     start = {k: v for k, v in core_model("sparse_causal", True, "video").trainable_state_dict().items()}
     moved = sum((core_state[k] - start[k]).square().sum().item() for k in core_state) ** 0.5
     difference = sum((native_state[k] - core_state[k]).square().sum().item() for k in core_state) ** 0.5
-    tuned = video_tuning.tuned_model(native, tunable, "8x8")
+    tuned = video_tuning.tuned_model(native, tunable.tuned_weights(), "8x8")
     with torch.no_grad():
         expected = core.forward_frames(x, timesteps, context, FRAMES)
     out = native_call(tuned)
-    tunes[f"checkpointing_{checkpointing}"] = {
+    name = f"checkpointing_{checkpointing}"
+    tunes[name] = {
         "weights_difference": difference, "weights_moved": moved, "losses": [r.total for r in records],
         "core_losses": [r.total for r in core_records],
         "output_difference": (out - expected).abs().max().item(), "output_scale": expected.abs().max().item(),
     }
+    if not checkpointing:
+        # The files are exchangeable: saved from ComfyUI, loaded into the core's model; saved from
+        # the core, loaded into ComfyUI's (both under Tune-A-Video's key names).
+        import tempfile
+        with tempfile.TemporaryDirectory() as folder:
+            tune.save_tuned_weights(tunable, f"{folder}/native.safetensors", {})
+            tune.save_tuned_weights(core, f"{folder}/core.safetensors", {})
+            from_native = core_model("sparse_causal", True, "video")
+            from_native.load_trainable_state_dict(tune.load_tuned_weights(f"{folder}/native.safetensors")[0])
+            from_core = video_tuning.tuned_model(native, video_tuning.split_tuned_weights(
+                native, patches_module.video_patches(native), tune.load_tuned_weights(f"{folder}/core.safetensors")[0]),
+                "8x8")
+        with torch.no_grad():
+            core_from_native = from_native.forward_frames(x, timesteps, context, FRAMES)
+        tunes[name]["file_from_comfyui_into_core"] = (core_from_native - out).abs().max().item()
+        tunes[name]["file_from_core_into_comfyui"] = (native_call(from_core) - expected).abs().max().item()
+        del from_native, from_core
     del native, tunable, tuned
 
 after = plain_call()

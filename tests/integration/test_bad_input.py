@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from comfy_host import HOSTS, ComfyError, load_workflow, node_output
-from graphs import give_former_base_fingerprint, invert_graph, sampler_graph, tune_graph
+from graphs import invert_graph, sampler_graph, tune_graph
 from quick_settings import TINY, quick
 
 pytestmark = pytest.mark.integration
@@ -136,20 +136,6 @@ def test_weights_tuned_from_another_base_model_are_refused(server, sample_video)
     other["11"]["inputs"]["model"] = ["10", 0]
     error = history_error(server, other, "tuned from another base model.*load the checkpoint it was tuned from")
     assert error["node_type"] == "SmoothVideo_LoadTunedVideoWeights"
-
-
-def test_weights_with_the_former_base_fingerprint_still_load(server, sample_video):
-    """Files saved before the base fingerprint was rounded to fp16 carry the former one (the
-    float32 values as ComfyUI held them: on this CPU host, the fp16 file's values)."""
-    prompt = tune_graph(sample_video[0])
-    save_name = prompt["10"]["inputs"]["save_name"]
-    server.run(prompt)
-    give_former_base_fingerprint(server, server.base / "models" / "smoothvideo" / f"{save_name}.safetensors")
-    other = invert_graph(sample_video[0])
-    other["10"] = {"class_type": "SmoothVideo_LoadTunedVideoWeights",
-                   "inputs": {"model": ["9", 0], "weights": f"{save_name}.safetensors"}}
-    other["11"]["inputs"]["model"] = ["10", 0]
-    assert node_output(server.run(other), "12")["latents"]
 
 
 def test_inverting_frames_of_another_size_than_the_tuned_weights_is_refused(server, sample_video):

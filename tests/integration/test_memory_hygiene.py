@@ -2,7 +2,7 @@
 and a cancelled tuning run leaves none of its models behind.
 
 The test-only probe node (probe_nodes/smoothvideo_test_probe) runs a garbage collection inside
-the server and counts the live tuners, optimizers, video UNets and adapters; resident memory
+the server and counts the live tuners, tunable views, optimizers and temporal layers; resident memory
 is the server process's VmRSS, read right after each run.
 """
 
@@ -39,10 +39,10 @@ def resident_bytes(server) -> int:
 
 def test_the_probe_sees_a_live_tuned_model(server, sample_video):
     """The probe can fail: in the prompt that tuned, the tuned model (cached as the node's
-    output) is alive, with its adapter and video UNet; the tuner and its optimizer are not."""
+    output) is alive, with its temporal layers; the tuner, its view and its optimizer are not."""
     live = probe(server, after=tune_graph(sample_video[0], steps=1, seed=1))
-    assert live["VideoUNetAdapter"] >= 2 and live["VideoUNet"] >= 2  # inflated + tuned
-    assert live["Tuner"] == 0 and live["Optimizer"] == 0
+    assert live["TemporalLayers"] >= 2  # inflated + tuned
+    assert live["Tuner"] == 0 and live["NativeTunable"] == 0 and live["Optimizer"] == 0
 
 
 def test_three_tuning_runs_do_not_grow_resident_memory(server, sample_video):
@@ -51,7 +51,7 @@ def test_three_tuning_runs_do_not_grow_resident_memory(server, sample_video):
         server.run(tune_graph(sample_video[0], steps=4, seed=seed))
         rss.append(resident_bytes(server))
         # a new prompt: ComfyUI's cache let the last one's models go, and so did the tuning
-        assert probe(server) == {"Tuner": 0, "VideoUNet": 0, "VideoUNetAdapter": 0, "Optimizer": 0}
+        assert probe(server) == {"Tuner": 0, "NativeTunable": 0, "TemporalLayers": 0, "Optimizer": 0}
     print("server RSS after each run (MiB):", [round(r / 2**20, 1) for r in rss])
     assert rss[2] - rss[0] < RSS_GROWTH_BOUND, f"resident memory grew by {(rss[2] - rss[0]) / 2**20:.1f} MiB"
 
@@ -67,7 +67,7 @@ def test_a_cancelled_tuning_run_releases_its_models(server, sample_video):
     server.interrupt()
     with pytest.raises(ComfyError, match="interrupted"):
         server.wait(prompt_id, timeout=120)
-    assert probe(server) == {"Tuner": 0, "VideoUNet": 0, "VideoUNetAdapter": 0, "Optimizer": 0}
+    assert probe(server) == {"Tuner": 0, "NativeTunable": 0, "TemporalLayers": 0, "Optimizer": 0}
 
 
 def test_frames_too_large_to_encode_are_refused_and_the_server_stays_bounded(server, sample_video):

@@ -53,6 +53,10 @@ def test_a_short_tune_through_comfyui_trains_what_the_core_tuner_trains(check):
         assert tune["weights_moved"] > 0.1
         assert tune["weights_difference"] <= 1e-3 * tune["weights_moved"], (name, tune)
         assert tune["output_difference"] <= 64 * FLOAT32_EPS * tune["output_scale"], (name, tune)
+    # Tuned-weights files go both ways: the same model, to float32 rounding, whichever side loads them.
+    tune = check["tunes"]["checkpointing_False"]
+    assert tune["file_from_comfyui_into_core"] <= 64 * FLOAT32_EPS * tune["output_scale"], tune
+    assert tune["file_from_core_into_comfyui"] <= 64 * FLOAT32_EPS * tune["output_scale"], tune
 
 
 def test_native_video_model_equals_the_core_model_in_float32(check):

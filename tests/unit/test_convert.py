@@ -1,12 +1,12 @@
 """SD1.x UNet weights: LDM / ComfyUI layout <-> diffusers, checked against hand-written layouts."""
 
-import hashlib
 
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from smooth_core.convert import diffusers_unet_to_ldm, ldm_unet_to_diffusers, unet_fingerprint
+from smooth_core.convert import diffusers_unet_to_ldm, ldm_unet_to_diffusers
+from smooth_core.tune import unet_fingerprint
 from smooth_core.inflate import inflate_unet
 
 PREFIX = "model.diffusion_model."
@@ -232,15 +232,3 @@ def test_fingerprint_is_the_same_for_a_float32_file_held_in_fp16(one_level_ldm):
     changed = dict(one_level_ldm)
     changed["time_embed.0.weight"] = changed["time_embed.0.weight"] * 1.01
     assert unet_fingerprint(changed) != unet_fingerprint(one_level_ldm)
-
-
-def test_legacy_fingerprint_hashes_the_float32_values(one_level_ldm):
-    """Files saved before the fp16 rounding carry this one; it is built by hand here: the keys
-    and shapes in sorted order, then three tensors' float32 bytes, sha256, 16 hex digits."""
-    names = sorted(one_level_ldm)
-    digest = hashlib.sha256("".join(f"{n}:{tuple(one_level_ldm[n].shape)};" for n in names).encode())
-    for name in (names[0], names[-1], "time_embed.0.weight"):
-        digest.update(one_level_ldm[name].float().numpy().tobytes())
-    assert unet_fingerprint(one_level_ldm, legacy=True) == digest.hexdigest()[:16]
-    held_in_fp16 = {k: v.half() for k, v in one_level_ldm.items()}
-    assert unet_fingerprint(held_in_fp16, legacy=True) != unet_fingerprint(one_level_ldm, legacy=True)

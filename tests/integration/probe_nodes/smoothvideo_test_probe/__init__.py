@@ -1,6 +1,6 @@
 """A test-only custom node that looks inside the server process: after a full garbage
-collection it counts the live objects of SmoothVideo's tuning (tuners, optimizers, video
-UNets and their adapters).
+collection it counts the live objects of SmoothVideo's tuning (tuners, their views of the video
+model, optimizers) and the video models' temporal layers.
 
 Loaded only by the integration tests' server (an extra custom_nodes path passed with
 --extra-model-paths-config), never by a user's ComfyUI.
@@ -12,8 +12,8 @@ import torch
 
 WATCHED = {
     "Tuner": "smooth_core.tune",
-    "VideoUNet": "smooth_core.inflate",
-    "VideoUNetAdapter": "nodes.video_model",
+    "NativeTunable": "nodes.video_tuning",
+    "TemporalLayers": "nodes.video_patches",
 }
 
 
