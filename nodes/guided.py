@@ -13,21 +13,23 @@ from comfy_extras.nodes_custom_sampler import Guider_Basic
 
 
 class _LoopSampler(comfy.samplers.Sampler):
-    """A sampler whose sampling is `body(predict)`, predict(x, sigma) -> denoised (no CFG)."""
+    """A sampler whose sampling is `body(predict, models)`: predict(x, sigma) -> denoised (no CFG),
+    models the ModelPatchers the guider loaded for it (the MODEL, ControlNets...)."""
 
     def __init__(self, body):
         self.body = body
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
-        self.body(functools.partial(model_wrap, **extra_args))
+        self.body(functools.partial(model_wrap, **extra_args), list(getattr(model_wrap, "loaded_models", [])))
         return latent_image
 
 
 def run_with_model_call(model, conditioning, video_shape: tuple, body) -> None:
-    """Calls `body(predict)` inside a guider's sampling of `model` under `conditioning`, where
-    predict(x, sigma) is ComfyUI's model call on ((b f), c, h, w) latents in its sampling space
-    (x = x_vp * sqrt(1 + sigma^2)) at one sigma per frame, returning the denoised latents.
+    """Calls `body(predict, models)` inside a guider's sampling of `model` under `conditioning`,
+    where predict(x, sigma) is ComfyUI's model call on ((b f), c, h, w) latents in its sampling
+    space (x = x_vp * sqrt(1 + sigma^2)) at one sigma per frame, returning the denoised latents,
+    and models are the ModelPatchers the guider loaded (the MODEL, its ControlNets, ...).
 
     video_shape: (b, f, c, h, w) of the videos the loop works on (the guider prepares for it)."""
     guider = Guider_Basic(model)

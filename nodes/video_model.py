@@ -130,7 +130,7 @@ def invert_video(model, conditioning, x0: torch.Tensor, steps: int, callback) ->
     sigma_of = sampling.sigma(torch.arange(sampling.sigmas.shape[0], dtype=torch.float32)).double().tolist()
     result = []
 
-    def body(predict):
+    def body(predict, models):
         device = model.load_device
 
         def eps_fn(x_vp: torch.Tensor, t: int) -> torch.Tensor:

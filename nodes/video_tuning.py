@@ -225,11 +225,14 @@ def run_in_guider(tunable: NativeTunable, positive, video_shape: tuple, body) ->
                                                force_full_load=True)
         tunable.take_loaded_weights()
 
-        def inside(predict):
+        def inside(predict, models):
             tunable.predict = predict
             try:
-                with autograd_ready(model.model), checkpointed_blocks(model.model.diffusion_model,
-                                                                      tunable.checkpointing):
+                with contextlib.ExitStack() as stack:
+                    # The UNet and whatever the conditioning brought (a ControlNet): frozen, autograd-usable.
+                    for module in dict.fromkeys([model.model, *(m.model for m in models)]):
+                        stack.enter_context(autograd_ready(module))
+                    stack.enter_context(checkpointed_blocks(model.model.diffusion_model, tunable.checkpointing))
                     body()
             finally:
                 tunable.predict = None

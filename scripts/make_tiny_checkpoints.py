@@ -2,11 +2,14 @@
 
 No real weights can be downloaded here, so the demo and the integration tests run on these:
 they prove the whole pipeline (ComfyUI detects and loads them as SD1.5 / InstructPix2Pix,
-our nodes convert and inflate their UNet), not image quality. Layout as in a real
+our nodes patch their UNet into a video model), not image quality. Layout as in a real
 single-file SD1.5 checkpoint: `model.diffusion_model.*` (a one-level UNet with SD1.5's 320
 channels and 768-wide context, ~26M parameters), `first_stage_model.*` (the standard SD
 VAE, which ComfyUI builds at a fixed size) and `cond_stage_model.transformer.*` (CLIP-L
 text encoder, fixed size). Weights are float16 from a seeded generator per tensor.
+
+A tiny ControlNet for that UNet (`control_model.*`, the original single-file layout, random
+zero convs so that it acts) goes in models/controlnet, for the composition tests.
 
 One more file is a UNet alone in SD2's layout (1024-wide context, linear projections in
 the transformers), for models/diffusion_models: ComfyUI's Load Diffusion Model detects it as
@@ -50,22 +53,34 @@ CHECKPOINTS = {
 # name -> UNet settings that differ from TINY_UNET; UNet-only files for models/diffusion_models
 UNET_ONLY = {
     "smoothvideo_tiny_sd2_unet.safetensors": {"context_dim": 1024, "use_linear_in_transformer": True},
+    # Two levels (320 and 640 channels): FreeU scales the 640-channel output blocks (not on one level).
+    "smoothvideo_tiny_sd15_two_level_unet.safetensors": {
+        "num_res_blocks": [1, 1], "channel_mult": [1, 2], "transformer_depth": [1, 1],
+        "transformer_depth_output": [1, 1, 1, 1],
+    },
 }
+# name -> a ControlNet for the tiny SD1.5 UNet (its encoder half, zero convs and hint encoder),
+# in the original single-file layout (control_model.*) that ComfyUI's Load ControlNet Model detects.
+CONTROLNETS = {"smoothvideo_tiny_controlnet_sd15.safetensors": {"hint_channels": 3}}
 SEED = 20240101
 
 
-def spec_hash(in_channels: int, unet_only: dict | None = None) -> str:
+def spec_hash(in_channels: int, unet_only: dict | None = None, controlnet: dict | None = None) -> str:
     spec = {"unet": TINY_UNET, "in_channels": in_channels, "vae": SD_VAE, "seed": SEED}
     if unet_only is not None:
         spec = {"unet": {**TINY_UNET, **unet_only}, "seed": SEED}
+    if controlnet is not None:
+        spec = {"controlnet": {**TINY_UNET, **controlnet}, "seed": SEED}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
     digest.update(pathlib.Path(__file__).read_bytes())
     return digest.hexdigest()[:16]
 
 
-def layout(comfy_dir: pathlib.Path, in_channels: int, unet_only: dict | None = None) -> dict:
+def layout(comfy_dir: pathlib.Path, in_channels: int, unet_only: dict | None = None,
+           controlnet: dict | None = None) -> dict:
     """Key -> shape of the three sub-models (or, with `unet_only`, of that UNet alone, keys
-    unprefixed), taken from ComfyUI's own classes built on 'meta'."""
+    unprefixed; with `controlnet`, of a ControlNet for the tiny UNet, keys control_model.*),
+    taken from ComfyUI's own classes built on 'meta'."""
     sys.path.insert(0, str(comfy_dir))
     from comfy.cli_args import args
 
@@ -77,6 +92,12 @@ def layout(comfy_dir: pathlib.Path, in_channels: int, unet_only: dict | None = N
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     ops = comfy.ops.disable_weight_init
+    if controlnet is not None:
+        import comfy.cldm.cldm
+
+        settings = {k: v for k, v in TINY_UNET.items() if k not in ("out_channels", "transformer_depth_output")}
+        net = comfy.cldm.cldm.ControlNet(in_channels=in_channels, device="meta", operations=ops, **settings, **controlnet)
+        return {"control_model." + key: tuple(tensor.shape) for key, tensor in net.state_dict().items()}
     if unet_only is not None:
         unet = UNetModel(in_channels=in_channels, device="meta", operations=ops, **{**TINY_UNET, **unet_only})
         return {key: tuple(tensor.shape) for key, tensor in unet.state_dict().items()}
@@ -114,16 +135,18 @@ def init_tensor(name: str, shape: tuple):
     return (torch.randn(shape, generator=generator) / fan_in**0.5).to(torch.float16)
 
 
-def write_checkpoint(comfy_dir: pathlib.Path, path: pathlib.Path, in_channels: int, unet_only: dict | None = None) -> bool:
+def write_checkpoint(comfy_dir: pathlib.Path, path: pathlib.Path, in_channels: int, unet_only: dict | None = None,
+                     controlnet: dict | None = None) -> bool:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    wanted = spec_hash(in_channels, unet_only)
+    wanted = spec_hash(in_channels, unet_only, controlnet)
     if path.exists():
         with safe_open(str(path), "pt") as f:
             if (f.metadata() or {}).get("smoothvideo_spec_hash") == wanted:
                 return False
-    tensors = {name: init_tensor(name, shape) for name, shape in layout(comfy_dir, in_channels, unet_only).items()}
+    tensors = {name: init_tensor(name, shape)
+               for name, shape in layout(comfy_dir, in_channels, unet_only, controlnet).items()}
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata={"smoothvideo_spec_hash": wanted, "note": "random weights, for tests"})
     tmp.replace(path)
@@ -135,13 +158,16 @@ def main() -> None:
     parser.add_argument("--comfy", type=pathlib.Path, required=True, help="the ComfyUI folder")
     parser.add_argument("--out", type=pathlib.Path, required=True, help="models/checkpoints folder")
     parser.add_argument("--unet-out", type=pathlib.Path, help="models/diffusion_models folder (UNet-only files)")
+    parser.add_argument("--controlnet-out", type=pathlib.Path, help="models/controlnet folder")
     options = parser.parse_args()
-    files = [(options.out / name, in_channels, None) for name, in_channels in CHECKPOINTS.items()]
+    files = [(options.out / name, in_channels, None, None) for name, in_channels in CHECKPOINTS.items()]
     if options.unet_out:
-        files += [(options.unet_out / name, 4, spec) for name, spec in UNET_ONLY.items()]
-    for path, in_channels, unet_only in files:
+        files += [(options.unet_out / name, 4, spec, None) for name, spec in UNET_ONLY.items()]
+    if options.controlnet_out:
+        files += [(options.controlnet_out / name, 4, None, spec) for name, spec in CONTROLNETS.items()]
+    for path, in_channels, unet_only, controlnet in files:
         path.parent.mkdir(parents=True, exist_ok=True)
-        written = write_checkpoint(options.comfy.resolve(), path, in_channels, unet_only)
+        written = write_checkpoint(options.comfy.resolve(), path, in_channels, unet_only, controlnet)
         print(f"make_tiny_checkpoints: {path} {'written' if written else 'up to date'}")
 
 

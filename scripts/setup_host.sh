@@ -6,6 +6,7 @@
 #                   custom_nodes/ComfyUI-SmoothVideo is a symlink to this repository
 #   .host/base/models/checkpoints  tiny random-weight SD1.5 / InstructPix2Pix checkpoints
 #   .host/base/models/diffusion_models  a tiny SD2-layout UNet (to test that non-SD1.x models are refused)
+#   .host/base/models/controlnet  a tiny random-weight ControlNet for the tiny SD1.5 UNet
 #   /usr/bin/chromium  Debian's chromium, for the browser test (apt-get; skipped with a message if that fails)
 # Only the package indexes are used: no git clone, no model or browser download.
 # SMOOTHVIDEO_HOST=DIR puts the host elsewhere; PYTHON=python3.11 picks the interpreter.
@@ -88,7 +89,7 @@ mkdir -p "$base/models/checkpoints" "$base/models/vae" "$base/models/clip_vision
 ln -sfn "$repo" "$base/custom_nodes/$pack_name"
 
 "$venv/bin/python" "$repo/scripts/make_tiny_checkpoints.py" --comfy "$comfy" --out "$base/models/checkpoints" \
-  --unet-out "$base/models/diffusion_models"
+  --unet-out "$base/models/diffusion_models" --controlnet-out "$base/models/controlnet"
 
 comfy_version() {  # the version a ComfyUI folder declares
   "$venv/bin/python" -c "import sys; sys.path.insert(0, sys.argv[1]); import comfyui_version; print(comfyui_version.__version__)" "$1"
@@ -152,7 +153,7 @@ fi
 second_base=$second/base
 mkdir -p "$second_base/models/vae" "$second_base/models/clip_vision" "$second_base/models/smoothvideo" \
   "$second_base/input" "$second_base/output" "$second_base/user" "$second_base/custom_nodes"
-for folder in checkpoints diffusion_models; do
+for folder in checkpoints diffusion_models controlnet; do
   ln -sfn "$base/models/$folder" "$second_base/models/$folder"
 done
 ln -sfn "$repo" "$second_base/custom_nodes/$pack_name"

@@ -206,3 +206,85 @@ def test_ddim_inversion_then_sampling_converges_to_the_video(server, sample_vide
     far_100, error_100 = reconstruction(server, sample_video[0], 100)
     assert far_20 > 5 * error_20 and far_100 > 5 * error_100
     assert error_100 < 0.6 * error_20
+
+
+CONTROLNET = "smoothvideo_tiny_controlnet_sd15.safetensors"  # scripts/make_tiny_checkpoints.py writes it
+
+
+def with_controlnet(prompt: dict, positive: list, negative: list, image: list, users: list[tuple[str, str, int]]) -> dict:
+    """Stock Load ControlNet Model + Apply ControlNet on (positive, negative) with `image` as the hint
+    (every frame its own); `users` are the (node, input, output of Apply ControlNet) to rewire."""
+    prompt["40"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": CONTROLNET}}
+    prompt["41"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+        "positive": positive, "negative": negative, "control_net": ["40", 0], "image": image,
+        "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}}
+    for node, name, output in users:
+        prompt[node]["inputs"][name] = ["41", output]
+    return prompt
+
+
+def test_a_controlnet_acts_on_the_video_model_in_sampling_as_on_the_plain_one(server, sample_video):
+    """Before, a ControlNet was refused on an inflated model ("not supported ... yet")."""
+    changes = {}
+    for inflate in (None, "sparse_causal"):
+        without = saved_latent(server, server.run(sampling_prompt(sample_video[0], inflate, False)), "20")
+        prompt = with_controlnet(sampling_prompt(sample_video[0], inflate, False), ["7", 0], ["6", 0], ["8", 0],
+                                 [("12", "positive", 0), ("12", "negative", 1)])
+        controlled = saved_latent(server, server.run(prompt), "20")
+        changes[inflate] = (controlled - without).abs().max().item() / without.abs().max().item()
+    assert changes[None] > 1e-2 and changes["sparse_causal"] > 1e-2, changes
+
+
+def test_a_controlnet_on_the_positive_takes_part_in_tuning_and_in_inversion(server, sample_video):
+    def first_mse(prompt):
+        return node_output(server.run(prompt), "10")["losses"][0][1]
+
+    plain = first_mse(tune_graph(sample_video[0], seed=3))
+    controlled = first_mse(with_controlnet(tune_graph(sample_video[0], seed=3), ["6", 0], ["8", 0], ["3", 0],
+                                           [("10", "positive", 0)]))
+    # Same seed: the same noise and timestep; only the ControlNet's residuals differ.
+    assert abs(controlled - plain) > 1e-3 * plain, (plain, controlled)
+
+    inverted = saved_latent(server, server.run(invert_graph(sample_video[0])), "12")
+    prompt = with_controlnet(invert_graph(sample_video[0]), ["8", 0], ["8", 0], ["3", 0], [("11", "conditioning", 0)])
+    inverted_controlled = saved_latent(server, server.run(prompt), "12")
+    assert (inverted_controlled - inverted).abs().max() > 1e-2 * inverted.abs().max()
+
+
+def test_cross_frame_chunks_slice_the_controlnet_residuals_with_the_frames(server, sample_video):
+    """Cross-frame Attention runs long videos in chunks led by frame 0: the ControlNet's residuals
+    (computed for the whole batch) are cut with the frames, so chunks change nothing but memory."""
+    outputs = []
+    for chunk_size in (2, 8):
+        prompt = with_controlnet(sampling_prompt(sample_video[0], "cross_frame", False), ["7", 0], ["6", 0], ["8", 0],
+                                 [("12", "positive", 0), ("12", "negative", 1)])
+        prompt["9"] = {"class_type": "SmoothVideo_CrossFrameAttention", "inputs": {"model": ["4", 0], "chunk_size": chunk_size}}
+        outputs.append(saved_latent(server, server.run(prompt), "20"))
+    chunked, whole = outputs
+    assert chunked.shape[0] == 4  # 4 frames: chunks [0, 1], [0, 2], [0, 3]
+    assert (chunked - whole).abs().max() <= 64 * 2.0**-23 * whole.abs().max()
+
+
+TWO_LEVEL_UNET = "smoothvideo_tiny_sd15_two_level_unet.safetensors"  # models/diffusion_models, 320 + 640 channels
+
+
+def test_freeu_acts_on_the_video_model_as_on_the_plain_one(server, sample_video):
+    """A stock block patch (FreeU scales the 640-channel output blocks' features and skips)."""
+    changes = {}
+    for inflate in (None, "sparse_causal"):
+        outputs = []
+        for freeu in (False, True):
+            prompt = sampling_prompt(sample_video[0], inflate, False)
+            prompt["32"] = {"class_type": "UNETLoader", "inputs": {"unet_name": TWO_LEVEL_UNET, "weight_dtype": "default"}}
+            model = ["32", 0]
+            if freeu:
+                prompt["33"] = {"class_type": "FreeU", "inputs": {"model": model, "b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2}}
+                model = ["33", 0]
+            if inflate:
+                prompt["9"]["inputs"]["model"] = model
+                model = ["9", 0]
+            prompt["12"]["inputs"]["model"] = prompt["14"]["inputs"]["model"] = model
+            outputs.append(saved_latent(server, server.run(prompt), "20"))
+        without, with_freeu = outputs
+        changes[inflate] = (with_freeu - without).abs().max().item() / without.abs().max().item()
+    assert changes[None] > 1e-2 and changes["sparse_causal"] > 1e-2, changes
