@@ -162,6 +162,7 @@ class VideoPatches:
     def __init__(self, attention: str, group_norm: str, temporal: TemporalLayers | None, chunk_size: int | None):
         self.attention, self.group_norm, self.temporal, self.chunk_size = attention, group_norm, temporal, chunk_size
         self.layout = video_layers.FrameLayout()
+        self.batch: int | None = None  # latents in the current UNet call (set with the layout)
         self._handles: dict[int, list] = {}
         # "HxW" of the latents the weights were tuned on (One-shot Tune, Load Tuned Video Weights).
         self.tuned_latent_size: str | None = None
@@ -176,6 +177,12 @@ class VideoPatches:
     # ------------------------------------------------------------ attn1 replacement
 
     def attn1(self, q, k, v, extra_options):
+        if self.batch is not None and q.shape[0] != self.batch:
+            raise ValueError(
+                f"another patch changed the self-attention's batch from {self.batch} frames to {q.shape[0]} "
+                "(HyperTile, or a node that tiles the tokens): the video model's frame attention needs the "
+                "frames in the batch; remove that node from a video MODEL"
+            )
         attention = functools.partial(comfy_attention, transformer_options=extra_options)
         return video_layers.frame_attention(q, k, v, extra_options["n_heads"], self.layout.num_frames,
                                             self.attention, attention)
@@ -188,7 +195,7 @@ class VideoPatches:
             raise ValueError(f"a batch of {x.shape[0]} latents is not {groups} whole videos")
         frames = x.shape[0] // groups
         if self.chunk_size is None or frames <= self.chunk_size:
-            self.layout.num_frames = frames
+            self.layout.num_frames, self.batch = frames, x.shape[0]
             return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
         batch = x.shape[0]
 
@@ -202,7 +209,7 @@ class VideoPatches:
             return value
 
         def chunk(x_chunk, index, n):
-            self.layout.num_frames = n
+            self.layout.num_frames, self.batch = n, x_chunk.shape[0]
             extra = {k: pick(v, index) for k, v in kwargs.items()}
             return executor(x_chunk, pick(timesteps, index), pick(context, index), pick(y, index),
                             pick(control, index), transformer_options, **extra)

@@ -288,3 +288,18 @@ def test_freeu_acts_on_the_video_model_as_on_the_plain_one(server, sample_video)
         without, with_freeu = outputs
         changes[inflate] = (with_freeu - without).abs().max().item() / without.abs().max().item()
     assert changes[None] > 1e-2 and changes["sparse_causal"] > 1e-2, changes
+
+
+def test_hypertile_which_moves_tiles_into_the_batch_is_refused_with_its_name(server, sample_video):
+    """HyperTile splits every frame's tokens into tiles along the batch axis: the frame attention
+    would take tiles for frames (a silently wrong video), so the video model refuses it."""
+    prompt = sampling_prompt(sample_video[0], "sparse_causal", False)
+    prompt["34"] = {"class_type": "HyperTile", "inputs": {"model": ["9", 0], "tile_size": 32, "swap_size": 1,
+                                                          "max_depth": 0, "scale_depth": False}}
+    prompt["12"]["inputs"]["model"] = ["34", 0]
+    with pytest.raises(ComfyError, match="changed the self-attention's batch.*HyperTile"):
+        server.run(prompt)
+    plain = sampling_prompt(sample_video[0], None, False)  # on the plain model it runs
+    plain["34"] = dict(prompt["34"], inputs=dict(prompt["34"]["inputs"], model=["4", 0]))
+    plain["12"]["inputs"]["model"] = ["34", 0]
+    assert node_output(server.run(plain), "20") is not None
