@@ -22,7 +22,7 @@ import torch.utils.checkpoint
 import comfy.model_management
 import comfy.utils
 
-from ..smooth_core import schedule
+from ..smooth_core import checks, schedule
 from . import video_patches
 from .guided import run_with_model_call
 from .video_patches import VideoPatches
@@ -129,12 +129,7 @@ class NativeTunable:
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         own = self.trainable_state_dict()
-        missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
-        if missing or unexpected:
-            raise ValueError(f"trainable state dict mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        wrong_shape = [k for k, v in state.items() if v.shape != own[k].shape]
-        if wrong_shape:
-            raise ValueError(f"trainable state dict has wrong shapes at {wrong_shape[:5]} (another base model?)")
+        checks.require_matching_state(own, state)
         with torch.no_grad():
             for k, v in state.items():
                 own[k].copy_(v)
@@ -258,12 +253,7 @@ def split_tuned_weights(model, patches: VideoPatches, state: dict[str, torch.Ten
               for (path, _, _), name in zip(sites, names) for attn in ("attn1", "attn2")}
     own_temporal = {k: v for k, v in patches.temporal.named_state().items() if ".attn_temp." in k}
     expected = {**{k: comfy.utils.get_attr(model.model, v) for k, v in q_keys.items()}, **own_temporal}
-    missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
-    if missing or unexpected:
-        raise ValueError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
-    wrong = [k for k, v in state.items() if v.shape != expected[k].shape]
-    if wrong:
-        raise ValueError(f"wrong shapes at {wrong[:3]}")
+    checks.require_matching_state(expected, state)
     return TunedWeights({q_keys[k]: state[k] for k in q_keys}, {k: state[k] for k in own_temporal})
 
 

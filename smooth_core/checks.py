@@ -61,3 +61,14 @@ def require_nonnegative_finite(name: str, value: float) -> None:
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """float64 if any input is float64, else float32: half inputs are computed in float32."""
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def require_matching_state(own: dict, given: dict) -> None:
+    """`given` has exactly the keys of `own`, each with its shape: the trainable tensors of one
+    video model (another base model has other shapes, another kind of model other keys)."""
+    missing, unexpected = sorted(own.keys() - given.keys()), sorted(given.keys() - own.keys())
+    if missing or unexpected:
+        raise ValueError(f"trainable state dict mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    wrong_shape = [k for k, v in given.items() if v.shape != own[k].shape]
+    if wrong_shape:
+        raise ValueError(f"trainable state dict has wrong shapes at {wrong_shape[:5]} (another base model?)")

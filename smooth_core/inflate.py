@@ -40,6 +40,7 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
+from . import checks
 from .video_layers import (
     ATTENTION_MODES, GROUP_NORM_MODES, FrameGroupNormHooks, FrameLayout, TemporalAttention, forward_in_chunks,
     frame_attention, temporal_residual, temporal_state,
@@ -47,7 +48,7 @@ from .video_layers import (
 
 __all__ = [
     "ATTENTION_MODES", "FrameAttnProcessor", "FrameLayout", "GROUP_NORM_MODES", "VideoUNet", "forward_in_chunks",
-    "gather_on", "inflate_unet", "is_inflated", "video_group_norms",
+    "inflate_unet", "is_inflated", "video_group_norms",
 ]
 
 # Layers whose weights autocast casts to its lower precision at every call (linear and the
@@ -281,12 +282,7 @@ class VideoUNet(nn.Module):
     def load_trainable_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Copy exactly the trainable set in; missing or unexpected keys are an error."""
         own = self.trainable_state_dict()
-        missing, unexpected = sorted(own.keys() - state_dict.keys()), sorted(state_dict.keys() - own.keys())
-        if missing or unexpected:
-            raise ValueError(f"trainable state dict mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        wrong_shape = [k for k, v in state_dict.items() if v.shape != own[k].shape]
-        if wrong_shape:
-            raise ValueError(f"trainable state dict has wrong shapes at {wrong_shape[:5]} (another base model?)")
+        checks.require_matching_state(own, state_dict)
         with torch.no_grad():
             for k, v in state_dict.items():
                 own[k].copy_(v)
@@ -381,23 +377,6 @@ class VideoUNet(nn.Module):
             )
         for name, module in flagged.items():
             module.gradient_checkpointing = any(inside(name, b) for b in blocks)
-
-
-def gather_on(module: nn.Module, device: torch.device) -> bool:
-    """Moves `module` wholly to `device` if any of its parameters or buffers is elsewhere;
-    returns whether it had to.
-
-    ComfyUI loads a model partially when VRAM is short, streaming the weights of its own layer
-    types; plain torch layers (all of a video UNet's) that do not fit are left on the CPU, and
-    the next call would fail on mixed devices. Gathered, it runs, or runs out of memory with
-    a message that says so.
-    """
-    device = torch.device(device)
-    tensors = itertools.chain(module.parameters(), module.buffers())
-    if all(t.device == device for t in tensors):
-        return False
-    module.to(device)
-    return True
 
 
 def _transformer_blocks(unet: nn.Module) -> list[BasicTransformerBlock]:

@@ -14,7 +14,7 @@ from torch import nn
 
 from references import TINY_UNET
 from smooth_core.inflate import (
-    FrameAttnProcessor, FrameLayout, VideoUNet, forward_in_chunks, gather_on, inflate_unet, is_inflated,
+    FrameAttnProcessor, FrameLayout, VideoUNet, forward_in_chunks, inflate_unet, is_inflated,
 )
 
 # Tune-A-Video's trainable set, by name (the code selects it by module): modules whose names end
@@ -533,22 +533,6 @@ def test_bad_chunking_is_refused():
         forward_in_chunks(cross_frame_toy, (x,), 4, 2)
     with pytest.raises(ValueError, match=r"batch sizes \[6, 5\]"):
         forward_in_chunks(lambda a, b, n: a, (x, torch.zeros(5)), 3, 2)
-
-
-def test_a_partly_placed_model_is_gathered_on_the_input_device():
-    """ComfyUI's low-VRAM partial load can leave some plain torch layers behind. Here the
-    "GPU" is the meta device: half the blocks there, the rest on the CPU, as such a load leaves
-    them; the call fails on mixed devices (the control) and runs once gathered."""
-    video = inflate_unet(tiny_unet())
-    video.unet.down_blocks.to("meta")
-    video.unet.conv_in.to("meta")
-    x, context = torch.randn(1, 3, 4, 8, 8, device="meta"), torch.randn(1, 4, 32, device="meta")
-    with pytest.raises((RuntimeError, NotImplementedError)):
-        video(x, 10, context)
-    assert gather_on(video, x.device) is True
-    assert all(t.device.type == "meta" for t in [*video.parameters(), *video.buffers()])
-    assert video(x, 10, context).shape == (1, 3, 4, 8, 8)
-    assert gather_on(video, x.device) is False  # nothing to move: nothing moves
 
 
 def test_gradient_checkpointing_of_chosen_blocks_only():
