@@ -206,6 +206,7 @@ class OneShotTune(io.ComfyNode):
         patches = require_video_model(model, "One-shot Tune")
         require_sd1_eps(model)
         require_sd15_schedule(model, "One-shot Tune")
+        require_no_sampling_guidance(model)
         if patches.temporal is None:
             raise ValueError(
                 "One-shot Tune: this video MODEL comes from Cross-frame Attention (training-free, no temporal "
@@ -292,6 +293,20 @@ class OneShotTune(io.ComfyNode):
         # The loss curve shows on the node as a preview; the numbers are for HTTP clients (/history).
         preview = ui.PreviewImage(curve, cls=cls).as_dict()
         return io.NodeOutput(patched, curve, ui={**preview, "text": [summary], "losses": history})
+
+
+def require_no_sampling_guidance(model) -> None:
+    """Guidance that works on the sampler's CFG (PerturbedAttentionGuidance, Self-Attention Guidance,
+    CFG rescales: post-CFG and CFG functions) has no meaning while tuning, which trains the noise
+    prediction itself without CFG; applied there it fails or changes the loss unseen."""
+    options = model.model_options
+    if options.get("sampler_post_cfg_function") or options.get("sampler_cfg_function") \
+            or options.get("sampler_pre_cfg_function"):
+        raise ValueError(
+            "One-shot Tune: this MODEL carries sampling guidance (a node such as PerturbedAttentionGuidance, "
+            "SelfAttentionGuidance or RescaleCFG changes the sampler's CFG), which has no meaning while tuning: "
+            "apply that node to One-shot Tune's tuned_model instead, before the sampler"
+        )
 
 
 def tuning_precision(device: torch.device) -> str:

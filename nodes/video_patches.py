@@ -258,6 +258,13 @@ def native_video_model(model, attention: str, temporal: bool, group_norm: str | 
         raise ValueError("this MODEL is already a video model; connect the Load Checkpoint MODEL instead")
     diffusion_model = model.model.diffusion_model
     sites = transformer_sites(diffusion_model)
+    taken = [key for key in dict.fromkeys(key for _, key, _ in sites) if _attn1_replacement(model, key) is not None]
+    if taken:
+        raise ValueError(
+            f"this MODEL already replaces the self-attention of {', '.join(f'{name} {number}' for name, number in taken)} "
+            "(another node's attn1 patch), which the video model's frame attention needs: apply that node after "
+            "Inflate UNet / Cross-frame Attention"
+        )
     if not sites:
         raise ValueError("this MODEL's UNet has no transformer blocks to make a video model of")
     layers = None
@@ -275,7 +282,10 @@ def with_patches(model, patches: VideoPatches, managed_temporal: bool = True):
     UNet (False while tuning: the tuner keeps its float32 trainables on the device itself)."""
     diffusion_model = model.model.diffusion_model
     for block_key in dict.fromkeys(key for _, key, _ in transformer_sites(diffusion_model)):
-        model.set_model_attn1_replace(patches.attn1, *block_key)
+        current = _attn1_replacement(model, block_key)
+        # Ours, or none; another node's replacement, added after the video model was made, stays.
+        if current is None or isinstance(getattr(current, "__self__", None), VideoPatches):
+            model.set_model_attn1_replace(patches.attn1, *block_key)
     wrappers = model.model_options.setdefault("transformer_options", {}).setdefault("wrappers", {})
     wrappers.setdefault(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, {})[KEY] = [patches.diffusion_model]
     model.set_injections(KEY, [comfy.patcher_extension.PatcherInjection(patches.inject, patches.eject)])
@@ -286,6 +296,12 @@ def with_patches(model, patches: VideoPatches, managed_temporal: bool = True):
         model.set_additional_models(KEY, [temporal_patcher])
     model.set_attachments(KEY, patches)
     return model
+
+
+def _attn1_replacement(model, block_key: tuple[str, int]):
+    """The attn1 replacement the MODEL sets for a whole block (ComfyUI's (name, number) key), if any."""
+    options = model.model_options.get("transformer_options", {})
+    return options.get("patches_replace", {}).get("attn1", {}).get(block_key)
 
 
 def loaded_models(model) -> list:

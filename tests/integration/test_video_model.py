@@ -303,3 +303,27 @@ def test_hypertile_which_moves_tiles_into_the_batch_is_refused_with_its_name(ser
     plain["34"] = dict(prompt["34"], inputs=dict(prompt["34"]["inputs"], model=["4", 0]))
     plain["12"]["inputs"]["model"] = ["34", 0]
     assert node_output(server.run(plain), "20") is not None
+
+
+def test_sampling_guidance_on_the_model_being_tuned_is_refused_with_where_it_goes(server, sample_video):
+    """Self-Attention Guidance (a post-CFG function) between Inflate UNet and One-shot Tune: tuning
+    runs without CFG, where it failed with "'NoneType' object has no attribute 'shape'"."""
+    prompt = tune_graph(sample_video[0], steps=1)
+    prompt["35"] = {"class_type": "SelfAttentionGuidance", "inputs": {"model": ["9", 0], "scale": 2.0, "blur_sigma": 2.0}}
+    prompt["10"]["inputs"]["model"] = ["35", 0]
+    with pytest.raises(ComfyError, match="sampling guidance .* apply that node to One-shot Tune's tuned_model"):
+        server.run(prompt)
+
+
+def test_an_attn1_replacement_before_inflate_unet_is_refused_with_where_it_goes(server, sample_video):
+    """A node that replaces a whole block's self-attention (test probe: plain attention on the middle
+    block) before Inflate UNet: the frame attention would have been dropped there, or theirs."""
+    prompt = sampling_prompt(sample_video[0], "sparse_causal", False)
+    prompt["36"] = {"class_type": "SmoothVideoTest_ReplaceAttn1", "inputs": {"model": ["4", 0]}}
+    prompt["9"]["inputs"]["model"] = ["36", 0]
+    with pytest.raises(ComfyError, match="already replaces the self-attention of middle 0.*apply that node after"):
+        server.run(prompt)
+    prompt["9"]["inputs"]["model"] = ["4", 0]  # after Inflate UNet it runs, theirs on that block
+    prompt["36"]["inputs"]["model"] = ["9", 0]
+    prompt["12"]["inputs"]["model"] = ["36", 0]
+    assert node_output(server.run(prompt), "20") is not None

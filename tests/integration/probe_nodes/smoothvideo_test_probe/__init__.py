@@ -1,6 +1,7 @@
-"""A test-only custom node that looks inside the server process: after a full garbage
-collection it counts the live objects of SmoothVideo's tuning (tuners, their views of the video
-model, optimizers) and the video models' temporal layers.
+"""Test-only custom nodes. SmoothVideoTest_LiveObjects looks inside the server process: after a
+full garbage collection it counts the live objects of SmoothVideo's tuning (tuners, their views
+of the video model, optimizers) and the video models' temporal layers. SmoothVideoTest_ReplaceAttn1
+stands in for a third-party node that replaces a block's self-attention.
 
 Loaded only by the integration tests' server (an extra custom_nodes path passed with
 --extra-model-paths-config), never by a user's ComfyUI.
@@ -50,5 +51,28 @@ class LiveObjects:
         return {"ui": {"live": [live_objects()]}}
 
 
-NODE_CLASS_MAPPINGS = {"SmoothVideoTest_LiveObjects": LiveObjects}
+class ReplaceAttn1:
+    """Replaces the middle block's self-attention with plain attention, under the whole-block key
+    (("middle", 0)), as a third-party attention node may."""
+
+    CATEGORY = "testing"
+    FUNCTION = "patch"
+    RETURN_TYPES = ("MODEL",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",)}}
+
+    def patch(self, model):
+        import comfy.ldm.modules.attention
+
+        def plain(q, k, v, extra_options):
+            return comfy.ldm.modules.attention.optimized_attention(q, k, v, extra_options["n_heads"])
+
+        patched = model.clone()
+        patched.set_model_attn1_replace(plain, "middle", 0)
+        return (patched,)
+
+
+NODE_CLASS_MAPPINGS = {"SmoothVideoTest_LiveObjects": LiveObjects, "SmoothVideoTest_ReplaceAttn1": ReplaceAttn1}
 
