@@ -327,3 +327,20 @@ def test_an_attn1_replacement_before_inflate_unet_is_refused_with_where_it_goes(
     prompt["36"]["inputs"]["model"] = ["9", 0]
     prompt["12"]["inputs"]["model"] = ["36", 0]
     assert node_output(server.run(prompt), "20") is not None
+
+
+def test_loaded_tuned_weights_keep_an_attn1_replacement_added_after_inflating(server, sample_video):
+    prompt = tune_graph(sample_video[0], steps=1)
+    server.run(prompt)
+    weights = prompt["10"]["inputs"]["save_name"] + ".safetensors"
+    outputs = []
+    for replace_first in (True, False):  # Inflate -> replace -> load, and Inflate -> load -> replace
+        prompt = sampling_prompt(sample_video[0], "sparse_causal", False, group_norm="video")  # as tuned
+        first, second = ("36", "37") if replace_first else ("37", "36")
+        prompt["36"] = {"class_type": "SmoothVideoTest_ReplaceAttn1", "inputs": {}}
+        prompt["37"] = {"class_type": "SmoothVideo_LoadTunedVideoWeights", "inputs": {"weights": weights}}
+        prompt[first]["inputs"]["model"] = ["9", 0]
+        prompt[second]["inputs"]["model"] = [first, 0]
+        prompt["12"]["inputs"]["model"] = prompt["14"]["inputs"]["model"] = [second, 0]
+        outputs.append(saved_latent(server, server.run(prompt), "20"))
+    assert torch.equal(outputs[0], outputs[1])  # the same patches either way: the replacement was kept
