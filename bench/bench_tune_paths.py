@@ -6,8 +6,9 @@ weights: smooth_core's diffusers path, "old").
 Run with a host's Python (it imports ComfyUI in-process, on the CPU), one path per process, so
 `farm-bench --vs` can pair them:
 
-    farm-bench -n 5 --timeout 900 -- sh -c 'exec .host/venv/bin/python bench/bench_tune_paths.py new >>/tmp/new.txt 2>&1' \
-        --vs "sh -c 'exec .host/venv/bin/python bench/bench_tune_paths.py old >>/tmp/old.txt 2>&1'"
+    farm-bench -n 6 --timeout 900 \
+        --vs "sh -c 'exec .host/venv/bin/python bench/bench_tune_paths.py old >>/tmp/old.txt 2>&1'" \
+        -- sh -c 'exec .host/venv/bin/python bench/bench_tune_paths.py new >>/tmp/new.txt 2>&1'
 
 Each run prints one JSON line: the median seconds of a tuning step after two warm-up steps.
 `--use-pytorch-cross-attention` after the path gives ComfyUI's attention the kernel it uses on
