@@ -38,3 +38,13 @@ def run_with_model_call(model, conditioning, video_shape: tuple, body) -> None:
     sampling = model.get_model_object("model_sampling")
     sigmas = torch.tensor([float(sampling.sigma_max), 0.0])
     guider.sample(torch.zeros_like(latent), latent, _LoopSampler(body), sigmas, disable_pbar=True, seed=0)
+
+
+def predict_eps(predict, x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The noise prediction for variance-preserving latents x_t ((b f), c, h, w) at one sigma per
+    frame ((b f),), recovered from ComfyUI's model call (`run_with_model_call`'s predict):
+    x = x_t * sqrt(1 + sigma^2), eps = (x - denoised) / sigma. A float64 sigma keeps the scaling
+    exact: ComfyUI divides the input by sqrt(1 + sigma^2) with the sigma it is given."""
+    scale = sigma.view(-1, 1, 1, 1)
+    x = x_t * (1.0 + scale**2).sqrt()
+    return (x - predict(x, sigma)) / scale

@@ -17,7 +17,7 @@ import folder_paths
 from ..smooth_core import checks, invert, memory, sample, video_layers
 from . import video_patches
 from .common import CATEGORY, NODE_PREFIX, Progress, latent_size, pixel_size, single_prompt, video_frames_latent
-from .guided import run_with_model_call
+from .guided import predict_eps, run_with_model_call
 from .model_checks import require_sd15_schedule, require_sd1_eps
 
 # Tuned weights and tuning checkpoints: ComfyUI/models/smoothvideo/
@@ -66,8 +66,6 @@ class InflateUNet(io.ComfyNode):
 
 def video_model(model, attention: str, temporal: bool, chunk_size: int | None = None, group_norm: str | None = None):
     """`video_patches.native_video_model` for an SD1.x epsilon MODEL (checked first)."""
-    if video_patches.video_patches(model) is not None:
-        raise ValueError("this MODEL is already inflated; connect the Load Checkpoint MODEL instead")
     require_sd1_eps(model)
     return video_patches.native_video_model(model, attention, temporal, group_norm=group_norm, chunk_size=chunk_size)
 
@@ -136,9 +134,7 @@ def invert_video(model, conditioning, x0: torch.Tensor, steps: int, callback) ->
         def eps_fn(x_vp: torch.Tensor, t: int) -> torch.Tensor:
             frames = x_vp.shape[0] * x_vp.shape[1]
             sigma = torch.full((frames,), sigma_of[t], dtype=torch.float64, device=device)
-            x = x_vp.flatten(0, 1).to(device) * (1.0 + sigma_of[t] ** 2) ** 0.5
-            eps = (x - predict(x, sigma)) / sigma_of[t]
-            return eps.unflatten(0, x_vp.shape[:2]).to(x_vp)
+            return predict_eps(predict, x_vp.flatten(0, 1).to(device), sigma).unflatten(0, x_vp.shape[:2]).to(x_vp)
 
         result.append(invert.ddim_invert(eps_fn, x0.to(device), num_steps=steps, callback=callback))
 

@@ -113,17 +113,16 @@ class TemporalLayers(torch.nn.Module):
             for block, state in zip(self.blocks, states):
                 block.load_state_dict({k: v.to(dtype) for k, v in state.items()})
 
-    def named_state(self) -> dict[str, torch.Tensor]:
-        """Every temporal tensor under Tune-A-Video's key names
-        (down_blocks.0.attentions.0.transformer_blocks.0.attn_temp.to_q.weight)."""
-        return {f"{name}.{key}": tensor for name, block in zip(self.names, self.blocks)
-                for key, tensor in block.state_dict().items()}
-
     def named_state_parameters(self):
-        """(Tune-A-Video name, parameter) of every temporal parameter, block by block."""
+        """(Tune-A-Video name, parameter) of every temporal parameter, block by block
+        (down_blocks.0.attentions.0.transformer_blocks.0.attn_temp.to_q.weight)."""
         for name, block in zip(self.names, self.blocks):
             for key, p in block.named_parameters():
                 yield f"{name}.{key}", p
+
+    def named_state(self) -> dict[str, torch.Tensor]:
+        """Every temporal tensor (the layers hold no buffers), detached, under those names."""
+        return {name: p.detach() for name, p in self.named_state_parameters()}
 
     def load_named_state(self, state: dict[str, torch.Tensor]) -> None:
         """Copies tensors keyed as `named_state` gives them in (a subset: the tuned ones)."""
@@ -255,7 +254,7 @@ def native_video_model(model, attention: str, temporal: bool, group_norm: str | 
     if group_norm not in video_layers.GROUP_NORM_MODES:
         raise ValueError(f"group_norm {group_norm!r}; choose one of {video_layers.GROUP_NORM_MODES}")
     if video_patches(model) is not None:
-        raise ValueError("this MODEL is already a video model; connect the Load Checkpoint MODEL instead")
+        raise ValueError("this MODEL is already inflated (a video model); connect the Load Checkpoint MODEL instead")
     diffusion_model = model.model.diffusion_model
     sites = transformer_sites(diffusion_model)
     taken = [key for key in dict.fromkeys(key for _, key, _ in sites) if _attn1_replacement(model, key) is not None]
@@ -307,12 +306,3 @@ def _attn1_replacement(model, block_key: tuple[str, int]):
 def loaded_models(model) -> list:
     """The MODEL and the models it needs loaded with it (its temporal layers), for load_models_gpu."""
     return [model, *model.get_nested_additional_models()]
-
-
-def model_call_options(model) -> dict:
-    """transformer_options for calling the MODEL's diffusion model directly (not through a
-    sampler): its patches and wrappers, one video, no CFG."""
-    options = comfy.patcher_extension.copy_nested_dicts(model.model_options.get("transformer_options", {}))
-    options["cond_or_uncond"] = [0]
-    return options
-

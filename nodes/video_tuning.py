@@ -24,7 +24,7 @@ import comfy.utils
 
 from ..smooth_core import checks, schedule
 from . import video_patches
-from .guided import run_with_model_call
+from .guided import predict_eps, run_with_model_call
 from .video_patches import VideoPatches
 
 
@@ -34,6 +34,15 @@ class TunedWeights:
 
     def __init__(self, to_q: dict[str, torch.Tensor], temporal: dict[str, torch.Tensor]):
         self.to_q, self.temporal = to_q, temporal
+
+
+def to_q_keys(model, patches: VideoPatches) -> list[tuple[str, str]]:
+    """(ComfyUI's key, Tune-A-Video's name) of every trainable to_q weight, block by block,
+    attn1 then attn2: diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight,
+    down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight."""
+    sites = video_patches.transformer_sites(model.model.diffusion_model)
+    return [(f"diffusion_model.{path}.{attn}.to_q.weight", f"{name}.{attn}.to_q.weight")
+            for (path, _, _), name in zip(sites, patches.temporal.names) for attn in ("attn1", "attn2")]
 
 
 class TrainableWeight:
@@ -55,29 +64,22 @@ class NativeTunable:
         if patches.temporal is None:
             raise ValueError("a video MODEL without temporal layers (Cross-frame Attention) has nothing to tune")
         self.dtype = dtype  # of the trainables: float32 master weights (float64 in the tests' references)
-        with torch.inference_mode(False):
+        with torch.inference_mode(False):  # copies autograd can use
             temporal = copy.deepcopy(patches.temporal).to(device, dtype)
-            for tensor in temporal.state_dict().values():
-                if tensor.is_inference():
-                    raise RuntimeError("temporal layers made in inference mode")
         self.patches = patches.with_temporal(temporal)
         self.model = video_patches.with_patches(model.clone(), self.patches, managed_temporal=False)
         self.device = device
-        sites = video_patches.transformer_sites(model.model.diffusion_model)
         # (ComfyUI's key, Tune-A-Video's name, wrapper) of every to_q weight.
         self.q_weights = []
-        for (path, _, _), name in zip(sites, temporal.names):
-            for attn in ("attn1", "attn2"):
-                wrapper = TrainableWeight()
-                key = f"diffusion_model.{path}.{attn}.to_q.weight"
-                self.model.add_weight_wrapper(key, wrapper)
-                self.q_weights.append((key, f"{name}.{attn}.to_q.weight", wrapper))
+        for key, name in to_q_keys(model, patches):
+            wrapper = TrainableWeight()
+            self.model.add_weight_wrapper(key, wrapper)
+            self.q_weights.append((key, name, wrapper))
         self.in_channels = model.model.model_config.unet_config.get("in_channels")
         self.training = False
         self.predict = None  # (x, sigma) -> denoised, ComfyUI's model call, inside the guider
         # The sigma of each timestep of the Tuner's schedule (SD1.5's; the nodes check the MODEL's is
-        # too), in float64: ComfyUI scales the input by 1 / sqrt(1 + sigma^2) with the sigma it is
-        # given, which then undoes this side's sqrt(1 + sigma^2) to float64 rounding.
+        # too), in float64 (`guided.predict_eps`).
         self.sigmas = schedule.alpha_bar_to_sigma(schedule.sd15_alphas_cumprod())
         self.checkpointing = False
 
@@ -152,10 +154,7 @@ class NativeTunable:
         The text is the guider's `positive` (text_embeds is its embedding, for the Tuner's checks)."""
         b, f = x_t.shape[:2]
         sigma = self.sigmas[t.cpu()].to(x_t.device).repeat_interleave(f)  # one per frame, float64
-        x = x_t.flatten(0, 1) * (1.0 + sigma**2).sqrt().view(-1, 1, 1, 1)
-        denoised = self.predict(x, sigma)
-        eps = (x - denoised) / sigma.view(-1, 1, 1, 1)
-        return eps.to(x_t.dtype).unflatten(0, (b, f))
+        return predict_eps(self.predict, x_t.flatten(0, 1), sigma).to(x_t.dtype).unflatten(0, (b, f))
 
 
 @contextlib.contextmanager
@@ -245,12 +244,9 @@ def run_in_guider(tunable: NativeTunable, positive, video_shape: tuple, body) ->
 def split_tuned_weights(model, patches: VideoPatches, state: dict[str, torch.Tensor]) -> TunedWeights:
     """A tuned-weights file's tensors (Tune-A-Video's names) for this video MODEL; a tensor for
     no layer of it, a missing one or a wrong shape is an error."""
-    sites = video_patches.transformer_sites(model.model.diffusion_model)
-    names = patches.temporal.names if patches.temporal is not None else []
-    if len(names) != len(sites):
+    if patches.temporal is None:
         raise ValueError("it has no temporal layers (Cross-frame Attention?)")
-    q_keys = {f"{name}.{attn}.to_q.weight": f"diffusion_model.{path}.{attn}.to_q.weight"
-              for (path, _, _), name in zip(sites, names) for attn in ("attn1", "attn2")}
+    q_keys = {name: key for key, name in to_q_keys(model, patches)}
     own_temporal = {k: v for k, v in patches.temporal.named_state().items() if ".attn_temp." in k}
     expected = {**{k: comfy.utils.get_attr(model.model, v) for k, v in q_keys.items()}, **own_temporal}
     checks.require_matching_state(expected, state)

@@ -19,6 +19,7 @@ import comfy.cli_args  # noqa: E402
 
 comfy.cli_args.args.cpu = True  # as the test servers run (--cpu), before model_management picks a device
 import comfy.model_management  # noqa: E402
+import comfy.patcher_extension  # noqa: E402
 import comfy.sd  # noqa: E402
 
 pack = importlib.import_module("ComfyUI-SmoothVideo")
@@ -41,8 +42,9 @@ context = torch.randn(VIDEOS, 3, 768, generator=g).repeat_interleave(FRAMES, dim
 
 
 def native_call(video_model, frames_x=x, t=timesteps, ctx=context, groups=VIDEOS):
+    """The video MODEL's diffusion model called directly, with its patches and wrappers."""
     comfy.model_management.load_models_gpu(patches_module.loaded_models(video_model))
-    options = patches_module.model_call_options(video_model)
+    options = comfy.patcher_extension.copy_nested_dicts(video_model.model_options.get("transformer_options", {}))
     options["cond_or_uncond"] = list(range(groups))
     with torch.no_grad():
         return video_model.model.diffusion_model(frames_x, t, context=ctx, transformer_options=options)
