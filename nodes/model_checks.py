@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 import comfy.model_sampling
+import comfy.patcher_extension
 
 from ..smooth_core import schedule
 
@@ -64,4 +65,34 @@ def require_sd15_schedule(model, node: str) -> None:
         raise ValueError(
             f"{node}: this MODEL's noise schedule is not SD1.5's (zero terminal SNR, zsnr, from a ModelSamplingDiscrete "
             "node?), but tuning and DDIM inversion follow SD1.5's: remove that node or set zsnr off"
+        )
+
+
+SMOOTH_NOISE_KEY = "smoothvideo_eq5"  # the key of the Smooth Noise (Eq. 5) patch among a MODEL's wrappers
+
+
+def has_smooth_noise_patch(wrappers: dict) -> bool:
+    """Whether a MODEL's wrappers (ModelPatcher.wrappers, or a guider's
+    model_options["transformer_options"]["wrappers"]) carry the Smooth Noise (Eq. 5) patch."""
+    return bool(wrappers.get(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, {}).get(SMOOTH_NOISE_KEY))
+
+
+def require_no_smooth_noise_patch(model, node: str) -> None:
+    """The Eq. 5 patch corrects sampling steps: in tuning or inversion it would change the noise
+    prediction the loop works on."""
+    if has_smooth_noise_patch(model.wrappers):
+        raise ValueError(
+            f"{node}: this MODEL carries Smooth Noise (Eq. 5), a correction of sampling steps: connect "
+            f"{node} to the MODEL before Smooth Noise (Eq. 5), and Smooth Noise to the sampler's MODEL"
+        )
+
+
+def require_noise_prediction_sampling(sampling, who: str, fix: str) -> None:
+    """Eq. 5 recovers the noise as (x - denoised) / sigma: true of ComfyUI's EPS and V_PREDICTION
+    models (x = x0 + sigma * eps), not of flow models."""
+    if not isinstance(sampling, comfy.model_sampling.EPS):
+        raise ValueError(
+            f"{who} works on noise-prediction diffusion models (SD1.x, InstructPix2Pix), "
+            f"but this MODEL samples as a flow model ({prediction_name(sampling)} on {schedule_name(sampling)}): "
+            f"remove the ModelSampling node or {fix}"
         )

@@ -18,7 +18,7 @@ import folder_paths
 from ..smooth_core import checks, losses, memory, tune
 from . import video_patches, video_tuning
 from .common import CATEGORY, NODE_PREFIX, Progress, latent_size, pixel_size, single_prompt, video_frames_latent
-from .model_checks import require_sd15_schedule, require_sd1_eps
+from .model_checks import require_no_smooth_noise_patch, require_sd15_schedule, require_sd1_eps
 from .plot import loss_curve_image
 from .video_patches import VideoPatches
 
@@ -205,6 +205,7 @@ class OneShotTune(io.ComfyNode):
                 checkpoint_every, save_name, gradient_checkpointing) -> io.NodeOutput:
         patches = require_video_model(model, "One-shot Tune")
         require_sd1_eps(model)
+        require_no_smooth_noise_patch(model, "One-shot Tune")
         require_sd15_schedule(model, "One-shot Tune")
         require_no_sampling_guidance(model)
         if patches.temporal is None:

@@ -18,7 +18,7 @@ from ..smooth_core import checks, invert, memory, sample, video_layers
 from . import video_patches
 from .common import CATEGORY, NODE_PREFIX, Progress, latent_size, pixel_size, single_prompt, video_frames_latent
 from .guided import predict_eps, run_with_model_call
-from .model_checks import require_sd15_schedule, require_sd1_eps
+from .model_checks import require_no_smooth_noise_patch, require_sd15_schedule, require_sd1_eps
 
 # Tuned weights and tuning checkpoints: ComfyUI/models/smoothvideo/
 folder_paths.add_model_folder_path("smoothvideo", os.path.join(folder_paths.models_dir, "smoothvideo"))
@@ -194,6 +194,7 @@ class DDIMInvertVideo(io.ComfyNode):
     @classmethod
     def execute(cls, model, latent, conditioning, steps, sigmas=None) -> io.NodeOutput:
         require_sd1_eps(model)
+        require_no_smooth_noise_patch(model, "DDIM Invert Video")
         require_sd15_schedule(model, "DDIM Invert Video")
         samples = video_frames_latent(latent, "DDIM Invert Video")
         single_prompt(conditioning, "DDIM Invert Video", "conditioning")  # one prompt, checked before any work

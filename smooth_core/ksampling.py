@@ -17,6 +17,8 @@ from tqdm.auto import trange
 from . import checks, correction, schedule
 from .sample import SmoothNoise, require_finite_samples
 
+SAMPLER_NAME = "the Smooth Noise Sampler (Eq. 5)"
+
 
 def correct_noise_sigma_space(
     eps: torch.Tensor, x: torch.Tensor, sigma: float, sigma_next: float, smooth: SmoothNoise
@@ -41,6 +43,53 @@ def correct_noise_sigma_space(
                    dtype=checks.compute_dtype(eps, x), device=eps.device)
     x_vp = x * alpha_bar_t.sqrt().item()
     return correction.correct_noise(eps[None], x_vp[None], c, smooth.lambda1, smooth.lambda3, check_finite=False)[0]
+
+
+def correct_denoised(
+    x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next: float, smooth: SmoothNoise
+) -> torch.Tensor:
+    """Eq. 5 on a sampler's denoised estimate: eps = (x - denoised) / sigma is corrected by
+    `correct_noise_sigma_space` and returned as the denoised estimate x - sigma * eps.
+
+    The one place where a k-diffusion step meets the correction: the Smooth Noise Sampler calls it
+    between its model call and its Euler step, the Smooth Noise (Eq. 5) model patch on the guided
+    prediction of any sampler. x, denoised: (f, c, h, w), the frames of one video as the batch.
+    """
+    eps = correct_noise_sigma_space((x - denoised) / sigma, x, sigma, sigma_next, smooth)
+    return x - sigma * eps
+
+
+def require_video_frames(x: torch.Tensor, who: str) -> None:
+    """Eq. 5 works across the frames of one video, the latent batch: at least 2 of them."""
+    if x.dim() != 4 or x.shape[0] < 2:
+        raise ValueError(
+            f"{who} needs at least 2 frames as an image latent batch "
+            f"(frames, channels, height, width), got {tuple(x.shape)}: give it a video's frames, "
+            f"or set lambda3 to 0 to turn the correction off"
+        )
+
+
+def require_decreasing(levels: list[float], steps, who: str) -> None:
+    """Eq. 5 is a sampling correction: each corrected step goes to a lower noise level."""
+    if any(not levels[i] > levels[i + 1] >= 0 for i in steps):
+        raise ValueError(
+            f"{who} needs decreasing sigmas (sampling, not inversion): "
+            "use a sampling scheduler such as ddim_uniform, or set lambda3 to 0"
+        )
+
+
+def schedule_step(levels: list[float], sigma: float, rtol: float = 1e-5) -> Optional[tuple[int, float]]:
+    """Where a model call at `sigma` sits in a sampler's decreasing schedule `levels`:
+    (step index i, the next level below sigma), or None at or below the last level.
+
+    A call at a level of the schedule (within rtol) is step i, going to levels[i + 1]. Samplers
+    that call the model between levels (Heun, DPM++ 2S, SDE samplers' midpoints, Euler with
+    churn above its level) get the next level below their sigma and the step they are in.
+    """
+    for j, level in enumerate(levels):
+        if level < sigma * (1.0 - rtol):
+            return max(j - 1, 0), level
+    return None
 
 
 @torch.no_grad()
@@ -86,29 +135,19 @@ def sample_smooth_ddim(
         smooth is not None and smooth.lambda3 > 0 and smooth.is_active(i, num_steps) for i in range(num_steps)
     ]
     if any(active):
-        if x.dim() != 4 or x.shape[0] < 2:
-            raise ValueError(
-                f"the Smooth Noise Sampler (Eq. 5) needs at least 2 frames as an image latent batch "
-                f"(frames, channels, height, width), got {tuple(x.shape)}: give it a video's frames, "
-                f"or set lambda3 to 0 for plain DDIM"
-            )
+        require_video_frames(x, SAMPLER_NAME)
         levels = sigmas.tolist()  # the one host read of the sigmas, before the first step
-        if any(not levels[i] > levels[i + 1] >= 0 for i in range(num_steps) if active[i]):
-            raise ValueError(
-                "the Smooth Noise Sampler (Eq. 5) needs decreasing sigmas (sampling, not inversion): "
-                "use a sampling scheduler such as ddim_uniform, or set lambda3 to 0"
-            )
+        require_decreasing(levels, [i for i in range(num_steps) if active[i]], SAMPLER_NAME)
     s_in = x.new_ones([x.shape[0]])
     for i in trange(num_steps, disable=disable):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = model(x, sigma * s_in, **extra_args)
-        eps = (x - denoised) / sigma
         if active[i]:
-            eps = correct_noise_sigma_space(eps, x, levels[i], levels[i + 1], smooth)
-            denoised = x - sigma * eps
+            denoised = correct_denoised(x, denoised, levels[i], levels[i + 1], smooth)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
-        x = x + eps * (sigma_next - sigma)
+        # k-diffusion's Euler step, operation for operation (ComfyUI's "ddim" sampler).
+        x = x + (x - denoised) / sigma * (sigma_next - sigma)
     if any(active):  # once, not at every step: a NaN stays NaN to the end
         require_finite_samples(x)
     return x

@@ -233,3 +233,39 @@ def test_a_prediction_gone_nan_is_refused_after_the_sampling():
     with pytest.raises(ValueError, match="sampling ended in NaN or inf latents.*float32 or bf16"):
         sample_smooth_ddim(nan_at_the_second_step, start_noise(sigmas), sigmas, smooth=SmoothNoise(), disable=True)
     assert model.calls == 4
+
+
+# ---------------------------------------------------------------- where a model call sits in the schedule
+
+
+def test_schedule_step_places_calls_at_and_between_levels():
+    from smooth_core.ksampling import schedule_step
+
+    levels = [10.0, 4.0, 1.0, 0.0]
+    assert schedule_step(levels, 10.0) == (0, 4.0)  # at a level: that step, to the next level
+    assert schedule_step(levels, 4.0) == (1, 1.0)
+    assert schedule_step(levels, 1.0) == (2, 0.0)
+    assert schedule_step(levels, 4.0 * (1 + 1e-7)) == (1, 1.0)  # a rounding away from a level is that level
+    assert schedule_step(levels, 2.5) == (1, 1.0)  # a midpoint (Heun, DPM++ 2S) belongs to its step
+    assert schedule_step(levels, 12.0) == (0, 10.0)  # above the first level (Euler with churn): step 0
+    assert schedule_step(levels, 0.0) is None  # at the last level no step is left
+    assert schedule_step([10.0, 4.0], 3.0) is None  # below a schedule that ends above 0
+
+
+def test_correct_denoised_is_eq5_on_the_recovered_noise():
+    """x - sigma * corrected eps, with eps = (x - denoised) / sigma, against the float64 loop."""
+    from smooth_core.ksampling import correct_denoised
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(FRAMES, CHANNELS, SIDE, SIDE, generator=g, dtype=torch.float64) * 3
+    denoised = torch.randn(FRAMES, CHANNELS, SIDE, SIDE, generator=g, dtype=torch.float64)
+    sigma, sigma_next = 2.5, 1.2
+    a_t, a_prev = 1 / (1 + sigma**2), 1 / (1 + sigma_next**2)
+    eps = (x - denoised) / sigma
+    x_vp = x * math.sqrt(a_t)
+    c = ref_c(a_t, a_prev)
+    expected = eps.clone()
+    for n in range(FRAMES - 1):
+        expected[n] = eps[n] - 0.5 * ((eps[n] - eps[n + 1]) - c / 1000.0 * (x_vp[n] - x_vp[n + 1]))
+    out = correct_denoised(x, denoised, sigma, sigma_next, SmoothNoise())
+    assert torch.allclose(out, x - sigma * expected, rtol=0, atol=1e-12)
