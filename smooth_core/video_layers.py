@@ -26,12 +26,15 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "ATTENTION_MODES", "FrameGroupNormHooks", "FrameLayout", "GROUP_NORM_MODES", "TEMPORAL_INIT_SEED",
-    "TemporalAttention", "forward_in_chunks", "frame_attention", "sdpa_attention", "temporal_residual", "temporal_state",
-    "video_group_norm",
+    "ATTENTION_MODES", "FRAME_ATTENTION_MODES", "FrameGroupNormHooks", "FrameLayout", "GROUP_NORM_MODES", "KEY_FRAME",
+    "TEMPORAL_INIT_SEED", "TemporalAttention", "forward_in_chunks", "frame_attention", "key_frame_temporal", "key_frame_temporal_state",
+    "require_key_frame", "sdpa_attention", "temporal_residual", "temporal_state", "video_group_norm",
 ]
 
-ATTENTION_MODES = ("sparse_causal", "cross_frame")
+ATTENTION_MODES = ("sparse_causal", "cross_frame")  # Inflate UNet's choices (Tune-A-Video, Text2Video-Zero)
+# ControlVideo's key-frame attention: every frame attends to one chosen frame of its video.
+KEY_FRAME = "key_frame"
+FRAME_ATTENTION_MODES = (*ATTENTION_MODES, KEY_FRAME)
 # "video": Tune-A-Video as published, GroupNorm over all frames of a video. "per_frame": each
 # frame alone, the 2D model exactly at init (AnimateDiff's way).
 GROUP_NORM_MODES = ("video", "per_frame")
@@ -65,30 +68,36 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
 
 
 def frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, num_frames: int,
-                    mode: str, attention: Attention | None = None) -> torch.Tensor:
+                    mode: str, attention: Attention | None = None, key_frame: int = 0) -> torch.Tensor:
     """Self-attention of every frame over the keys/values of its video's anchor frames.
 
     `sparse_causal` (Tune-A-Video): frame i attends to frames [0, max(i-1, 0)], so frame 0
     attends to itself twice, as Tune-A-Video does. `cross_frame` (Text2Video-Zero): every frame
-    attends to frame 0. Queries stay per frame.
+    attends to frame 0. `key_frame` (ControlVideo): every frame attends to frame `key_frame`
+    (cross_frame is key_frame 0). Queries stay per frame.
 
     Args:
         q, k, v: ((b f), n, heads * d), the projected tokens of every frame.
         heads: attention heads.
         num_frames: f.
-        mode: one of `ATTENTION_MODES`.
+        mode: one of `FRAME_ATTENTION_MODES`.
         attention: the attention kernel (`sdpa_attention` by default; ComfyUI's optimised one
             in the ComfyUI-native model).
+        key_frame: the frame every frame attends to in `key_frame` mode, 0 <= key_frame < f.
 
     Returns:
         ((b f), n, heads * d), before the output projection.
     """
-    if mode not in ATTENTION_MODES:
-        raise ValueError(f"attention mode {mode!r}; choose one of {ATTENTION_MODES}")
+    if mode not in FRAME_ATTENTION_MODES:
+        raise ValueError(f"attention mode {mode!r}; choose one of {FRAME_ATTENTION_MODES}")
     bf = q.shape[0]
     b = FrameLayout(num_frames).videos_in(bf)
     key, value = k.unflatten(0, (b, num_frames)), v.unflatten(0, (b, num_frames))  # (b, f, n, inner)
-    first = torch.zeros(num_frames, dtype=torch.long, device=k.device)
+    anchor = 0
+    if mode == KEY_FRAME:
+        require_key_frame(key_frame, num_frames)
+        anchor = key_frame
+    first = torch.full((num_frames,), anchor, dtype=torch.long, device=k.device)
     if mode == "sparse_causal":
         previous = (torch.arange(num_frames, device=k.device) - 1).clamp(min=0)
         key = torch.cat([key[:, first], key[:, previous]], dim=2)  # (b, f, 2n, inner)
@@ -96,6 +105,15 @@ def frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: in
     else:
         key, value = key[:, first], value[:, first]
     return (attention or sdpa_attention)(q, key.flatten(0, 1), value.flatten(0, 1), heads)
+
+
+def require_key_frame(key_frame: int, num_frames: int) -> None:
+    """The key frame is a frame of the video: 0 <= key_frame < num_frames."""
+    if not 0 <= key_frame < num_frames:
+        raise ValueError(
+            f"key_frame {key_frame} is not a frame of this {num_frames}-frame video (frames 0 to {num_frames - 1}): "
+            f"set the ControlVideo node's key_frame below {num_frames}"
+        )
 
 
 class TemporalAttention(nn.Module):
@@ -132,6 +150,22 @@ def temporal_residual(h: torch.Tensor, num_frames: int, norm_temp: nn.Module, at
     return seq.reshape(b, n, num_frames, c).transpose(1, 2).reshape(bf, n, c)
 
 
+def key_frame_temporal(n: torch.Tensor, num_frames: int, attn_temp: TemporalAttention, conv_temp: nn.Module,
+                       attention: Attention | None = None) -> torch.Tensor:
+    """ControlVideo's temporal branch, `conv_temp(attn_temp(n))` across frames, which its
+    transformer block adds to the hidden states right after the self-attention's residual (in
+    parallel with attn1, on the same norm1 output n; no norm of its own).
+
+    n: ((b f), tokens, c), a block's norm1 output. conv_temp is ControlVideo's zero-initialised
+    1x1 Conv2d(c, c) over ((b f), c, h, w): per token, so the tokens run as ((b f), c, tokens, 1).
+    Returns ((b f), tokens, c), the term to add."""
+    bf, t, c = n.shape
+    b = FrameLayout(num_frames).videos_in(bf)
+    seq = n.reshape(b, num_frames, t, c).transpose(1, 2).reshape(b * t, num_frames, c)
+    out = attn_temp(seq, attention).reshape(b, t, num_frames, c).transpose(1, 2).reshape(bf, t, c)
+    return conv_temp(out.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
+
+
 def temporal_state(dim: int, heads: int, index: int, group_norm: str, bias: bool = False) -> dict[str, torch.Tensor]:
     """Initial float32 weights of the `index`-th temporal layer (in the UNet's down, mid, up
     order), keyed `attn_temp.*` and `norm_temp.*` as Tune-A-Video names them.
@@ -154,6 +188,22 @@ def temporal_state(dim: int, heads: int, index: int, group_norm: str, bias: bool
     state = {f"attn_temp.{k}": v for k, v in attn.state_dict().items()}
     state.update({f"norm_temp.{k}": v for k, v in norm.state_dict().items()})
     return {k: v.detach() for k, v in state.items()}
+
+
+def key_frame_temporal_state(attn1: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ControlVideo's initial temporal weights of one block: `attn_temp` a copy of the block's
+    self-attention (attn1's to_q, to_k, to_v, to_out.0 tensors, keyed as there), `conv_temp`
+    (a 1x1 Conv2d(c, c)) all zero, weight and bias, so the untuned model adds nothing."""
+    names = ("to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight", "to_out.0.bias")
+    missing = [name for name in names if name not in attn1]
+    if missing:
+        raise ValueError(f"the self-attention's {missing} are needed for ControlVideo's temporal attention")
+    optional = ("to_q.bias", "to_k.bias", "to_v.bias")  # SD has none; a UNet with them copies them too
+    state = {f"attn_temp.{name}": attn1[name].detach().float().clone() for name in (*names, *optional) if name in attn1}
+    c = attn1["to_out.0.weight"].shape[0]
+    state["conv_temp.weight"] = torch.zeros(c, c, 1, 1)
+    state["conv_temp.bias"] = torch.zeros(c)
+    return state
 
 
 def video_group_norm(x: torch.Tensor, num_frames: int, norm: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
