@@ -15,7 +15,7 @@ from comfy_api.latest import io, ui
 import comfy.model_management
 import folder_paths
 
-from ..smooth_core import checks, losses, memory, tune
+from ..smooth_core import checks, losses, memory, tune, video_layers
 from . import video_patches, video_tuning
 from .common import CATEGORY, NODE_PREFIX, Progress, latent_size, pixel_size, single_prompt, video_frames_latent
 from .model_checks import require_no_smooth_noise_patch, require_sd15_schedule, require_sd1_eps
@@ -215,6 +215,8 @@ class OneShotTune(io.ComfyNode):
             )
         samples = video_frames_latent(latent, "One-shot Tune")
         require_tunable_latent(model, samples, variant, lambda2)
+        if patches.attention == video_layers.KEY_FRAME:
+            video_layers.require_key_frame(patches.key_frame, samples.shape[0])
         text = single_prompt(positive, "One-shot Tune", "positive").float()
         final_path, checkpoint_path = tuned_file_paths(save_name)
         remove_temporary_files(final_path, checkpoint_path)
@@ -227,7 +229,8 @@ class OneShotTune(io.ComfyNode):
         latents = model.model.latent_format.process_in(samples.float()).unsqueeze(0)
         metadata = base_metadata(model, latents, text)
         metadata.update(lambda1=str(lambda1), lambda2=str(lambda2), variant=variant, steps=str(steps),
-                        attention=patches.attention, group_norm=patches.group_norm)
+                        attention=patches.attention, group_norm=patches.group_norm, design=patches.design,
+                        key_frame=str(patches.key_frame))
 
         # Float32 trainables, the MODEL's own weights frozen, run through ComfyUI's model call.
         tunable = video_tuning.NativeTunable(model, patches, device)
@@ -419,6 +422,19 @@ class LoadTunedVideoWeights(io.ComfyNode):
             raise ValueError(
                 f"{weights} was tuned from another base model (UNet {metadata.get('base_unet')}, this one is {base}): "
                 "load the checkpoint it was tuned from"
+            )
+        tuned_design = metadata.get("design", video_patches.TUNE_A_VIDEO)  # files from before ControlVideo: none
+        if tuned_design != patches.design:
+            made_by = {video_patches.TUNE_A_VIDEO: "Inflate UNet (video)",
+                       video_patches.CONTROLVIDEO: "Inflate UNet (ControlVideo)"}
+            raise ValueError(
+                f"{weights} was tuned on a {tuned_design} video model, but this MODEL is a {patches.design} one: "
+                f"load it onto the MODEL of {made_by.get(tuned_design, tuned_design)}"
+            )
+        if patches.design == video_patches.CONTROLVIDEO and metadata.get("key_frame") != str(patches.key_frame):
+            raise ValueError(
+                f"{weights} was tuned with key_frame {metadata.get('key_frame')}, but this MODEL's Inflate UNet "
+                f"(ControlVideo) uses key_frame {patches.key_frame}: set its key_frame to {metadata.get('key_frame')}"
             )
         tuned_attention = metadata.get("attention")
         if tuned_attention != patches.attention:

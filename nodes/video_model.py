@@ -64,10 +64,47 @@ class InflateUNet(io.ComfyNode):
         return io.NodeOutput(video_model(model, attention, temporal=True, group_norm=group_norm))
 
 
-def video_model(model, attention: str, temporal: bool, chunk_size: int | None = None, group_norm: str | None = None):
+def video_model(model, attention: str, temporal: bool, chunk_size: int | None = None, group_norm: str | None = None,
+                **design):
     """`video_patches.native_video_model` for an SD1.x epsilon MODEL (checked first)."""
     require_sd1_eps(model)
-    return video_patches.native_video_model(model, attention, temporal, group_norm=group_norm, chunk_size=chunk_size)
+    return video_patches.native_video_model(model, attention, temporal, group_norm=group_norm, chunk_size=chunk_size,
+                                            **design)
+
+
+class InflateControlVideo(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=NODE_PREFIX + "InflateControlVideo",
+            display_name="Inflate UNet (ControlVideo)",
+            category=CATEGORY,
+            description=(
+                "Turns an SD1.5 MODEL into ControlVideo's video model (Zhao et al., thu-ml/controlvideo): every "
+                "frame's self-attention looks at one key frame; a temporal attention over the frames, started from "
+                "the block's own self-attention and followed by a zero-initialised 1x1 layer, runs beside it in every "
+                "transformer block but the middle one; the ResNet blocks normalise over all frames. One-shot Tune "
+                "then trains ControlVideo's set (attn1.to_out, attn_temp, conv_temp). The visual condition comes "
+                "from stock nodes: Load ControlNet Model and Apply ControlNet on the conditioning, with one control "
+                "image per frame (e.g. Canny on the frames), in tuning, in DDIM Invert Video and in the sampler. "
+                "Frames are the LATENT batch; the input MODEL is not changed."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="An SD1.5 MODEL from Load Checkpoint."),
+                io.Int.Input(
+                    "key_frame", default=0, min=0, max=4095,
+                    tooltip="The frame every frame's self-attention looks at (ControlVideo: 0, the first frame). "
+                    "Must be a frame of the video.",
+                ),
+            ],
+            outputs=[io.Model.Output(display_name="video_model",
+                                     tooltip="ControlVideo's video MODEL; frames = LATENT batch.")],
+        )
+
+    @classmethod
+    def execute(cls, model, key_frame) -> io.NodeOutput:
+        return io.NodeOutput(video_model(model, video_layers.KEY_FRAME, temporal=True, group_norm="video",
+                                         design=video_patches.CONTROLVIDEO, key_frame=key_frame))
 
 
 class CrossFrameAttention(io.ComfyNode):
@@ -217,4 +254,4 @@ class DDIMInvertVideo(io.ComfyNode):
         noise = base.latent_format.process_out(noise_vp[0].cpu() * (1.0 + sigma**2) ** 0.5)
         return io.NodeOutput({"samples": noise.to(comfy.model_management.intermediate_device())})
 
-NODES = [InflateUNet, CrossFrameAttention, DDIMInvertVideo]
+NODES = [InflateUNet, InflateControlVideo, CrossFrameAttention, DDIMInvertVideo]

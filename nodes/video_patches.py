@@ -25,6 +25,7 @@ import functools
 import torch
 
 import comfy.ldm.modules.attention
+import comfy.model_management
 import comfy.model_patcher
 import comfy.ops
 import comfy.patcher_extension
@@ -85,6 +86,9 @@ def diffusers_block_names(model, paths: list[str]) -> list[str]:
     return [by_path[path] for path in paths]
 
 
+TUNE_A_VIDEO, CONTROLVIDEO = "tune_a_video", "controlvideo"  # the video models' designs
+
+
 class TemporalBlock(torch.nn.Module):
     """Tune-A-Video's `norm_temp` and `attn_temp` of one transformer block."""
 
@@ -94,20 +98,47 @@ class TemporalBlock(torch.nn.Module):
         self.attn_temp = video_layers.TemporalAttention(dim, heads, bias=bias, operations=operations)
 
 
-class TemporalLayers(torch.nn.Module):
-    """The temporal layers of a video MODEL, one `TemporalBlock` per transformer block in the
-    UNet's order, in ComfyUI's manual-cast layers (weights cast to the activations' dtype and
-    device at each call, as ComfyUI does for the UNet's own layers when it must)."""
+class KeyFrameTemporalBlock(torch.nn.Module):
+    """ControlVideo's `attn_temp` and its zero-initialised 1x1 `conv_temp` of one transformer block."""
 
-    def __init__(self, sites, group_norm: str, names: list[str], dtype: torch.dtype):
+    def __init__(self, dim: int, heads: int, bias: bool, operations):
         super().__init__()
-        self.names = names  # Tune-A-Video's block names, for files
+        self.attn_temp = video_layers.TemporalAttention(dim, heads, bias=bias, operations=operations)
+        self.conv_temp = operations.Conv2d(dim, dim, 1)
+
+
+class TemporalLayers(torch.nn.Module):
+    """The temporal layers of a video MODEL in ComfyUI's manual-cast layers (weights cast to the
+    activations' dtype and device at each call, as ComfyUI does for the UNet's own layers when it
+    must), in the UNet's order of transformer blocks:
+
+    - Tune-A-Video: a `TemporalBlock` on every transformer block, seeded init (`temporal_state`);
+    - ControlVideo: a `KeyFrameTemporalBlock` on every transformer block but the middle block's
+      (thu-ml/controlvideo puts none there), attn_temp copied from the block's own self-attention
+      (`attn1_states`, the checkpoint's tensors), conv_temp zero.
+
+    `site_indices[j]` is the transformer block (in `transformer_sites` order) of `blocks[j]`."""
+
+    def __init__(self, sites, group_norm: str, names: list[str], dtype: torch.dtype, design: str = TUNE_A_VIDEO,
+                 attn1_states: list[dict[str, torch.Tensor]] | None = None):
+        super().__init__()
+        self.design = design
+        if design == CONTROLVIDEO:
+            self.site_indices = [i for i, (_, key, _) in enumerate(sites) if key[0] != "middle"]
+        else:
+            self.site_indices = list(range(len(sites)))
+        self.names = [names[i] for i in self.site_indices]  # Tune-A-Video's (diffusers') block names, for files
         blocks, states = [], []
-        for index, (_, _, block) in enumerate(sites):
+        for index in self.site_indices:
+            block = sites[index][2]
             dim, heads = block.attn1.to_q.in_features, block.n_heads
             bias = block.attn1.to_q.bias is not None
-            blocks.append(TemporalBlock(dim, heads, bias, comfy.ops.manual_cast))
-            states.append(video_layers.temporal_state(dim, heads, index, group_norm, bias=bias))
+            if design == CONTROLVIDEO:
+                blocks.append(KeyFrameTemporalBlock(dim, heads, bias, comfy.ops.manual_cast))
+                states.append(video_layers.key_frame_temporal_state(attn1_states[index]))
+            else:
+                blocks.append(TemporalBlock(dim, heads, bias, comfy.ops.manual_cast))
+                states.append(video_layers.temporal_state(dim, heads, index, group_norm, bias=bias))
         self.blocks = torch.nn.ModuleList(blocks)
         with torch.no_grad():
             for block, state in zip(self.blocks, states):
@@ -147,19 +178,44 @@ class TemporalHook:
                                               temporal.attn_temp, comfy_attention)
 
 
+class KeyFrameTemporalHooks:
+    """ControlVideo's temporal branch on a transformer block: a forward hook on `norm1` keeps its
+    output, one on `attn1.to_out` adds `video_layers.key_frame_temporal` of it to the
+    self-attention's output, so the block computes h + attn1(n) + conv_temp(attn_temp(n)), as
+    ControlVideo's does, before its cross-attention."""
+
+    def __init__(self, patches: "VideoPatches", index: int):
+        self.patches, self.index = patches, index
+        self.normed: torch.Tensor | None = None
+
+    def after_norm1(self, module, args, output):
+        self.normed = output
+
+    def after_to_out(self, module, args, output):
+        normed, self.normed = self.normed, None
+        if normed is None:
+            raise RuntimeError("ControlVideo's temporal attention found no norm1 output for this transformer block")
+        temporal = self.patches.temporal.blocks[self.index]
+        return output + video_layers.key_frame_temporal(normed, self.patches.layout.num_frames, temporal.attn_temp,
+                                                        temporal.conv_temp, comfy_attention)
+
+
 class VideoPatches:
     """What a video MODEL adds to ComfyUI's UNet, shared by all clones of that MODEL (ComfyUI
     deep-copies model options at every clone: the patches must stay one object, with one layout).
 
     Args:
-        attention: one of `video_layers.ATTENTION_MODES`.
+        attention: one of `video_layers.FRAME_ATTENTION_MODES`.
         group_norm: one of `video_layers.GROUP_NORM_MODES`.
         temporal: the temporal layers, or None (training-free: Cross-frame Attention).
         chunk_size: run videos longer than this in chunks led by frame 0 (None: whole).
+        key_frame: the frame every frame attends to with key_frame attention (ControlVideo).
     """
 
-    def __init__(self, attention: str, group_norm: str, temporal: TemporalLayers | None, chunk_size: int | None):
+    def __init__(self, attention: str, group_norm: str, temporal: TemporalLayers | None, chunk_size: int | None,
+                 key_frame: int = 0):
         self.attention, self.group_norm, self.temporal, self.chunk_size = attention, group_norm, temporal, chunk_size
+        self.key_frame = key_frame
         self.layout = video_layers.FrameLayout()
         self.batch: int | None = None  # latents in the current UNet call (set with the layout)
         self._handles: dict[int, list] = {}
@@ -171,7 +227,12 @@ class VideoPatches:
 
     def with_temporal(self, temporal: TemporalLayers) -> "VideoPatches":
         """The same video model with other temporal layers (tuned ones, or trainable copies)."""
-        return VideoPatches(self.attention, self.group_norm, temporal, self.chunk_size)
+        return VideoPatches(self.attention, self.group_norm, temporal, self.chunk_size, self.key_frame)
+
+    @property
+    def design(self) -> str | None:
+        """TUNE_A_VIDEO or CONTROLVIDEO (the temporal layers'), None without temporal layers."""
+        return None if self.temporal is None else self.temporal.design
 
     # ------------------------------------------------------------ attn1 replacement
 
@@ -184,7 +245,19 @@ class VideoPatches:
             )
         attention = functools.partial(comfy_attention, transformer_options=extra_options)
         return video_layers.frame_attention(q, k, v, extra_options["n_heads"], self.layout.num_frames,
-                                            self.attention, attention)
+                                            self.attention, attention, key_frame=self.key_frame)
+
+    # ------------------------------------------------------------ OUTER_SAMPLE wrapper
+
+    def outer_sample(self, executor, noise, latent_image, *args, **kwargs):
+        """Before any model call of a sampling (and of tuning and inversion, which run inside one):
+        every ControlNet on the conditioning has one control image per frame, at the frames' size.
+        ComfyUI would otherwise repeat, drop or resize them without a word."""
+        guider = executor.class_obj
+        require_controls_fit(getattr(guider, "conds", None) or {}, latent_image)
+        if self.attention == video_layers.KEY_FRAME and latent_image.dim() == 4:
+            video_layers.require_key_frame(self.key_frame, latent_image.shape[0])
+        return executor(noise, latent_image, *args, **kwargs)
 
     # ------------------------------------------------------------ DIFFUSION_MODEL wrapper
 
@@ -223,9 +296,16 @@ class VideoPatches:
         handles = []
         if self.temporal is not None:
             sites = transformer_sites(diffusion_model)
-            if len(sites) != len(self.temporal.blocks):
+            if len(sites) <= max(self.temporal.site_indices, default=-1):
                 raise ValueError("the video MODEL's temporal layers do not match its UNet's transformer blocks")
-            handles += [block.register_forward_hook(TemporalHook(self, i)) for i, (_, _, block) in enumerate(sites)]
+            for j, i in enumerate(self.temporal.site_indices):
+                block = sites[i][2]
+                if self.temporal.design == CONTROLVIDEO:
+                    hooks = KeyFrameTemporalHooks(self, j)
+                    handles += [block.norm1.register_forward_hook(hooks.after_norm1),
+                                block.attn1.to_out.register_forward_hook(hooks.after_to_out)]
+                else:
+                    handles.append(block.register_forward_hook(TemporalHook(self, j)))
         if self.group_norm == "video":
             hooks = video_layers.FrameGroupNormHooks(self.layout)
             for norm in video_group_norms(diffusion_model):
@@ -237,18 +317,51 @@ class VideoPatches:
             handle.remove()
 
 
+def require_controls_fit(conds: dict, latent: torch.Tensor) -> None:
+    """Every ControlNet (and T2I adapter) on the conditioning of a video has one control image per
+    frame at the frames' pixel size: said with both counts or sizes."""
+    if latent.is_nested or latent.dim() != 4:
+        return
+    frames, height, width = latent.shape[0], latent.shape[-2], latent.shape[-1]
+    for name, entries in conds.items():
+        for cond in entries or []:
+            control = cond.get("control")
+            while control is not None:
+                hint = getattr(control, "cond_hint_original", None)
+                if isinstance(hint, torch.Tensor) and hint.dim() == 4:
+                    ratio = getattr(control, "compression_ratio", 8) or 8
+                    if hint.shape[0] != frames:
+                        raise ValueError(
+                            f"the ControlNet on the {name} conditioning has {hint.shape[0]} control image"
+                            f"{'s' if hint.shape[0] != 1 else ''} but the video has {frames} frames: give it one "
+                            "control image per frame (e.g. Canny on the same Select Video Frames output; for one "
+                            "image on every frame, Repeat Image Batch)"
+                        )
+                    size, expected = (hint.shape[-1], hint.shape[-2]), (width * ratio, height * ratio)
+                    if size != expected:
+                        raise ValueError(
+                            f"the ControlNet on the {name} conditioning has control images of {size[0]}x{size[1]} px "
+                            f"but the video's frames are {expected[0]}x{expected[1]} px: make the control images from "
+                            "the frames at the video's size (Select Video Frames width/height, or Upscale Image)"
+                        )
+                control = getattr(control, "previous_controlnet", None)
+
+
 def video_patches(model) -> VideoPatches | None:
     """The patches of a ComfyUI-native video MODEL, or None for any other MODEL."""
     return model.get_attachment(KEY) if hasattr(model, "get_attachment") else None
 
 
 def native_video_model(model, attention: str, temporal: bool, group_norm: str | None = None,
-                       chunk_size: int | None = None):
+                       chunk_size: int | None = None, design: str = TUNE_A_VIDEO, key_frame: int = 0):
     """A clone of `model` that is a video model: frame attention (`attention`), with `temporal`
-    the temporal layers of Tune-A-Video, and the group norm `group_norm` (default: "video" with
-    temporal layers, "per_frame" without, as `inflate.inflate_unet`)."""
-    if attention not in video_layers.ATTENTION_MODES:
-        raise ValueError(f"attention mode {attention!r}; choose one of {video_layers.ATTENTION_MODES}")
+    the temporal layers of `design` (Tune-A-Video's, or ControlVideo's with key_frame attention),
+    and the group norm `group_norm` (default: "video" with temporal layers, "per_frame" without,
+    as `inflate.inflate_unet`)."""
+    if attention not in video_layers.FRAME_ATTENTION_MODES:
+        raise ValueError(f"attention mode {attention!r}; choose one of {video_layers.FRAME_ATTENTION_MODES}")
+    if design not in (TUNE_A_VIDEO, CONTROLVIDEO):
+        raise ValueError(f"video model design {design!r}; choose {TUNE_A_VIDEO} or {CONTROLVIDEO}")
     if group_norm is None:
         group_norm = "video" if temporal else "per_frame"
     if group_norm not in video_layers.GROUP_NORM_MODES:
@@ -269,9 +382,25 @@ def native_video_model(model, attention: str, temporal: bool, group_norm: str | 
     layers = None
     if temporal:
         names = diffusers_block_names(model, [path for path, _, _ in sites])
+        attn1_states = None
+        if design == CONTROLVIDEO:
+            attn1_states = [{name: checkpoint_tensor(model, f"diffusion_model.{path}.attn1.{name}")
+                             for name, _ in block.attn1.named_parameters()} for path, _, block in sites]
         with torch.inference_mode(False):
-            layers = TemporalLayers(sites, group_norm, names, model.model.get_dtype())
-    return with_patches(model.clone(), VideoPatches(attention, group_norm, layers, chunk_size))
+            layers = TemporalLayers(sites, group_norm, names, model.model.get_dtype(), design, attn1_states)
+    return with_patches(model.clone(), VideoPatches(attention, group_norm, layers, chunk_size, key_frame))
+
+
+def checkpoint_tensor(model, key: str) -> torch.Tensor:
+    """The checkpoint's own tensor under `key` (e.g. diffusion_model....attn1.to_q.weight), not a
+    LoRA-patched one: while a clone of this model is loaded, ComfyUI keeps the originals of the
+    weights it patched in place in the clones' shared backup."""
+    backups = [model.backup] + [loaded.model.backup for loaded in comfy.model_management.current_loaded_models
+                                if loaded.model is not None and loaded.model.model is model.model]
+    for backup in backups:
+        if key in backup:
+            return backup[key].weight
+    return comfy.utils.get_attr(model.model, key)
 
 
 def with_patches(model, patches: VideoPatches, managed_temporal: bool = True):
@@ -287,6 +416,8 @@ def with_patches(model, patches: VideoPatches, managed_temporal: bool = True):
             model.set_model_attn1_replace(patches.attn1, *block_key)
     wrappers = model.model_options.setdefault("transformer_options", {}).setdefault("wrappers", {})
     wrappers.setdefault(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, {})[KEY] = [patches.diffusion_model]
+    model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY)
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, KEY, patches.outer_sample)
     model.set_injections(KEY, [comfy.patcher_extension.PatcherInjection(patches.inject, patches.eject)])
     model.remove_additional_models(KEY)
     if patches.temporal is not None and managed_temporal:

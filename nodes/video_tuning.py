@@ -6,9 +6,11 @@ inside a guider's sampling, so the `positive` conditioning takes part with all i
 ControlNet, a mask, an area). smooth_core's `Tuner` (the same as on the core's diffusers
 model) steps it: `NativeTunable` is its view of the MODEL.
 
-The trainable set is Tune-A-Video's: float32 copies of every transformer block's `attn1.to_q`
-and `attn2.to_q` weights (copies, not deltas: AdamW's weight decay acts on the weights, as in
-Tune-A-Video) and the temporal attention `attn_temp` (not `norm_temp`).
+The trainable set is the design's. Tune-A-Video: float32 copies of every transformer block's
+`attn1.to_q` and `attn2.to_q` weights (copies, not deltas: AdamW's weight decay acts on the
+weights, as in Tune-A-Video) and the temporal attention `attn_temp` (not `norm_temp`).
+ControlVideo (thu-ml/controlvideo's configs: attn1.to_out, attn_temp, conv_temp): every block's
+`attn1.to_out.0` weight and bias, and its temporal layers, `attn_temp` and `conv_temp`.
 """
 
 from __future__ import annotations
@@ -29,20 +31,33 @@ from .video_patches import VideoPatches
 
 
 class TunedWeights:
-    """Tuned weights as the video MODEL takes them: to_q weights under ComfyUI's keys
+    """Tuned weights as the video MODEL takes them: UNet weights under ComfyUI's keys
     (diffusion_model....attn1.to_q.weight) and temporal tensors under Tune-A-Video's names."""
 
-    def __init__(self, to_q: dict[str, torch.Tensor], temporal: dict[str, torch.Tensor]):
-        self.to_q, self.temporal = to_q, temporal
+    def __init__(self, unet: dict[str, torch.Tensor], temporal: dict[str, torch.Tensor]):
+        self.unet, self.temporal = unet, temporal
 
 
-def to_q_keys(model, patches: VideoPatches) -> list[tuple[str, str]]:
-    """(ComfyUI's key, Tune-A-Video's name) of every trainable to_q weight, block by block,
-    attn1 then attn2: diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight,
+# The UNet tensors each design tunes, per transformer block, in this order.
+UNET_TRAINABLES = {
+    video_patches.TUNE_A_VIDEO: ("attn1.to_q.weight", "attn2.to_q.weight"),
+    video_patches.CONTROLVIDEO: ("attn1.to_out.0.weight", "attn1.to_out.0.bias"),
+}
+
+
+def unet_trainable_keys(model, patches: VideoPatches) -> list[list[tuple[str, str]]]:
+    """Per transformer block (in the UNet's order), (ComfyUI's key, Tune-A-Video's name) of each
+    UNet tensor the design tunes: diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight,
     down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight."""
     sites = video_patches.transformer_sites(model.model.diffusion_model)
-    return [(f"diffusion_model.{path}.{attn}.to_q.weight", f"{name}.{attn}.to_q.weight")
-            for (path, _, _), name in zip(sites, patches.temporal.names) for attn in ("attn1", "attn2")]
+    names = video_patches.diffusers_block_names(model, [path for path, _, _ in sites])
+    return [[(f"diffusion_model.{path}.{tensor}", f"{name}.{tensor}") for tensor in UNET_TRAINABLES[patches.design]]
+            for (path, _, _), name in zip(sites, names)]
+
+
+def is_temporal_trainable(name: str) -> bool:
+    """Every temporal tensor trains but Tune-A-Video's norm_temp (ControlVideo has none)."""
+    return ".norm_temp." not in name
 
 
 class TrainableWeight:
@@ -69,12 +84,14 @@ class NativeTunable:
         self.patches = patches.with_temporal(temporal)
         self.model = video_patches.with_patches(model.clone(), self.patches, managed_temporal=False)
         self.device = device
-        # (ComfyUI's key, Tune-A-Video's name, wrapper) of every to_q weight.
-        self.q_weights = []
-        for key, name in to_q_keys(model, patches):
-            wrapper = TrainableWeight()
-            self.model.add_weight_wrapper(key, wrapper)
-            self.q_weights.append((key, name, wrapper))
+        # Per transformer block, (ComfyUI's key, Tune-A-Video's name, wrapper) of every trainable UNet tensor.
+        self.unet_weights = []
+        for block in unet_trainable_keys(model, patches):
+            self.unet_weights.append([])
+            for key, name in block:
+                wrapper = TrainableWeight()
+                self.model.add_weight_wrapper(key, wrapper)
+                self.unet_weights[-1].append((key, name, wrapper))
         self.in_channels = model.model.model_config.unet_config.get("in_channels")
         self.training = False
         self.predict = None  # (x, sigma) -> denoised, ComfyUI's model call, inside the guider
@@ -85,30 +102,38 @@ class NativeTunable:
 
     # ------------------------------------------------------------ the trainable set
 
+    def _unet_wrappers(self):
+        return [entry for block in self.unet_weights for entry in block]
+
     def take_loaded_weights(self) -> None:
-        """The trainable to_q copies, from the weights as the loaded model computes with them
+        """The trainable UNet copies, from the weights as the loaded model computes with them
         (its LoRAs and earlier tunes applied): call once the model is loaded."""
         with torch.inference_mode(False):
-            for key, _, wrapper in self.q_weights:
+            for key, _, wrapper in self._unet_wrappers():
                 if wrapper.parameter is None:
                     weight = comfy.utils.get_attr(self.model.model, key)
                     wrapper.parameter = torch.nn.Parameter(weight.detach().to(self.device, self.dtype, copy=True))
 
     def _temporal_trainables(self) -> list[tuple[str, torch.nn.Parameter]]:
-        return [(name, p) for name, p in self.patches.temporal.named_state_parameters() if ".attn_temp." in name]
+        return [(name, p) for name, p in self.patches.temporal.named_state_parameters() if is_temporal_trainable(name)]
 
     def named_trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
-        """Tune-A-Video name -> trainable, block by block: attn1.to_q, attn2.to_q, then attn_temp's,
-        the order of the core's model (`inflate.VideoUNet.trainable_parameters`)."""
-        if any(wrapper.parameter is None for _, _, wrapper in self.q_weights):
-            raise RuntimeError("the to_q copies are taken from the loaded model: call take_loaded_weights first")
-        temporal = self._temporal_trainables()
-        per_block = len(temporal) // len(self.patches.temporal.blocks)
+        """Tune-A-Video name -> trainable, block by block: the block's UNet tensors (attn1.to_q,
+        attn2.to_q), then its temporal ones, the order of the core's model
+        (`inflate.VideoUNet.trainable_parameters`)."""
+        if any(wrapper.parameter is None for _, _, wrapper in self._unet_wrappers()):
+            raise RuntimeError("the UNet copies are taken from the loaded model: call take_loaded_weights first")
+        temporal: dict[str, list] = {}
+        for name, p in self._temporal_trainables():
+            temporal.setdefault(name.split(".attn_temp.")[0].split(".conv_temp.")[0], []).append((name, p))
         named = {}
-        for index in range(len(self.patches.temporal.blocks)):
-            for _, name, wrapper in self.q_weights[2 * index: 2 * index + 2]:
+        for block in self.unet_weights:
+            for _, name, wrapper in block:
                 named[name] = wrapper.parameter
-            named.update(temporal[per_block * index: per_block * (index + 1)])
+            block_name = block[0][1].rsplit(".attn", 1)[0]
+            named.update(temporal.pop(block_name, []))
+        if temporal:
+            raise RuntimeError(f"temporal layers of no transformer block: {sorted(temporal)[:3]}")
         return named
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -126,7 +151,7 @@ class NativeTunable:
         return {name: p.detach() for name, p in self.named_trainable_parameters().items()}
 
     def tuned_weights(self) -> TunedWeights:
-        return TunedWeights({key: wrapper.parameter.detach() for key, _, wrapper in self.q_weights},
+        return TunedWeights({key: wrapper.parameter.detach() for key, _, wrapper in self._unet_wrappers()},
                             {name: p.detach() for name, p in self._temporal_trainables()})
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -246,15 +271,15 @@ def split_tuned_weights(model, patches: VideoPatches, state: dict[str, torch.Ten
     no layer of it, a missing one or a wrong shape is an error."""
     if patches.temporal is None:
         raise ValueError("it has no temporal layers (Cross-frame Attention?)")
-    q_keys = {name: key for key, name in to_q_keys(model, patches)}
-    own_temporal = {k: v for k, v in patches.temporal.named_state().items() if ".attn_temp." in k}
-    expected = {**{k: comfy.utils.get_attr(model.model, v) for k, v in q_keys.items()}, **own_temporal}
+    unet_keys = {name: key for block in unet_trainable_keys(model, patches) for key, name in block}
+    own_temporal = {k: v for k, v in patches.temporal.named_state().items() if is_temporal_trainable(k)}
+    expected = {**{k: comfy.utils.get_attr(model.model, v) for k, v in unet_keys.items()}, **own_temporal}
     checks.require_matching_state(expected, state)
-    return TunedWeights({q_keys[k]: state[k] for k in q_keys}, {k: state[k] for k in own_temporal})
+    return TunedWeights({unet_keys[k]: state[k] for k in unet_keys}, {k: state[k] for k in own_temporal})
 
 
 def tuned_model(model, weights: TunedWeights, tuned_latent_size: str | None):
-    """A clone of the video MODEL `model` carrying tuned weights as patches: the to_q weights as
+    """A clone of the video MODEL `model` carrying tuned weights as patches: the UNet weights as
     "set" weight patches (LoRAs added later still act on them), the temporal layers (in the UNet's
     dtype) as its additional model."""
     dtype = model.model.get_dtype()
@@ -265,5 +290,5 @@ def tuned_model(model, weights: TunedWeights, tuned_latent_size: str | None):
     tuned_patches = patches.with_temporal(temporal)
     tuned_patches.tuned_latent_size = tuned_latent_size
     tuned = video_patches.with_patches(model.clone(), tuned_patches)
-    tuned.add_patches({key: ("set", (tensor.to("cpu", dtype).clone(),)) for key, tensor in weights.to_q.items()}, 1.0)
+    tuned.add_patches({key: ("set", (tensor.to("cpu", dtype).clone(),)) for key, tensor in weights.unet.items()}, 1.0)
     return tuned
