@@ -17,7 +17,7 @@ import time
 
 from comfy_host import REPO, ComfyServer, load_workflow
 from make_sample_video import render_frames, write_video
-from quick_settings import QUICK, quick
+from quick_settings import QUICK, TINY, quick
 
 SAMPLE = "smoothvideo_sample.mp4"
 
@@ -26,6 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workflow", default="tune_a_video_smooth", help="a name in workflows/api/ (default: %(default)s)")
     parser.add_argument("--paper-settings", action="store_true", help="keep the workflow's own settings (24 frames at 512 px, 500 steps: GPU)")
+    parser.add_argument("--tiny", action="store_true", help="the integration tests' TINY settings (4 frames at 80 px, 4 steps)")
     parser.add_argument("--out", default=str(REPO / "out" / "demo"), help="where results are copied (default: %(default)s)")
     options = parser.parse_args()
     out = pathlib.Path(options.out).resolve()
@@ -33,7 +34,7 @@ def main() -> None:
 
     prompt = load_workflow(options.workflow)
     if not options.paper_settings:
-        prompt = quick(prompt, QUICK)
+        prompt = quick(prompt, TINY if options.tiny else QUICK)
     started = time.time()
     with ComfyServer() as server:
         write_video(server.base / "input" / SAMPLE, render_frames())
