@@ -167,6 +167,7 @@ class SmoothNoisePatch:
                                               f"remove {PATCH_NAME}")
             require_video_frames(x, PATCH_NAME)
             require_decreasing(levels, range(len(levels) - 1), PATCH_NAME)
+            require_matching_source_frames(getattr(executor.class_obj, "conds", None) or {}, x)
         denoised = executor(x, timestep, model_options, seed)
         if not active:
             return denoised

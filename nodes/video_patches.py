@@ -144,12 +144,14 @@ class TemporalLayers(torch.nn.Module):
             for block, state in zip(self.blocks, states):
                 block.load_state_dict({k: v.to(dtype) for k, v in state.items()})
 
-    def named_state_parameters(self):
+    def named_state_parameters(self, block_name: str | None = None):
         """(Tune-A-Video name, parameter) of every temporal parameter, block by block
-        (down_blocks.0.attentions.0.transformer_blocks.0.attn_temp.to_q.weight)."""
+        (down_blocks.0.attentions.0.transformer_blocks.0.attn_temp.to_q.weight); of the block of
+        that name only, when given (none for a block without temporal layers)."""
         for name, block in zip(self.names, self.blocks):
-            for key, p in block.named_parameters():
-                yield f"{name}.{key}", p
+            if block_name is None or name == block_name:
+                for key, p in block.named_parameters():
+                    yield f"{name}.{key}", p
 
     def named_state(self) -> dict[str, torch.Tensor]:
         """Every temporal tensor (the layers hold no buffers), detached, under those names."""

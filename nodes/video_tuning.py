@@ -45,13 +45,15 @@ UNET_TRAINABLES = {
 }
 
 
-def unet_trainable_keys(model, patches: VideoPatches) -> list[list[tuple[str, str]]]:
-    """Per transformer block (in the UNet's order), (ComfyUI's key, Tune-A-Video's name) of each
-    UNet tensor the design tunes: diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight,
-    down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight."""
+def unet_trainable_keys(model, patches: VideoPatches) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Per transformer block (in the UNet's order), its Tune-A-Video name and (ComfyUI's key,
+    Tune-A-Video's name) of each UNet tensor the design tunes there:
+    ("down_blocks.0.attentions.0.transformer_blocks.0",
+     [("diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight",
+       "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"), ...])."""
     sites = video_patches.transformer_sites(model.model.diffusion_model)
     names = video_patches.diffusers_block_names(model, [path for path, _, _ in sites])
-    return [[(f"diffusion_model.{path}.{tensor}", f"{name}.{tensor}") for tensor in UNET_TRAINABLES[patches.design]]
+    return [(name, [(f"diffusion_model.{path}.{tensor}", f"{name}.{tensor}") for tensor in UNET_TRAINABLES[patches.design]])
             for (path, _, _), name in zip(sites, names)]
 
 
@@ -84,14 +86,15 @@ class NativeTunable:
         self.patches = patches.with_temporal(temporal)
         self.model = video_patches.with_patches(model.clone(), self.patches, managed_temporal=False)
         self.device = device
-        # Per transformer block, (ComfyUI's key, Tune-A-Video's name, wrapper) of every trainable UNet tensor.
+        # Per transformer block, its name and (ComfyUI's key, Tune-A-Video's name, wrapper) of every
+        # trainable UNet tensor.
         self.unet_weights = []
-        for block in unet_trainable_keys(model, patches):
-            self.unet_weights.append([])
-            for key, name in block:
+        for block_name, keys in unet_trainable_keys(model, patches):
+            self.unet_weights.append((block_name, []))
+            for key, name in keys:
                 wrapper = TrainableWeight()
                 self.model.add_weight_wrapper(key, wrapper)
-                self.unet_weights[-1].append((key, name, wrapper))
+                self.unet_weights[-1][1].append((key, name, wrapper))
         self.in_channels = model.model.model_config.unet_config.get("in_channels")
         self.training = False
         self.predict = None  # (x, sigma) -> denoised, ComfyUI's model call, inside the guider
@@ -103,7 +106,7 @@ class NativeTunable:
     # ------------------------------------------------------------ the trainable set
 
     def _unet_wrappers(self):
-        return [entry for block in self.unet_weights for entry in block]
+        return [entry for _, block in self.unet_weights for entry in block]
 
     def take_loaded_weights(self) -> None:
         """The trainable UNet copies, from the weights as the loaded model computes with them
@@ -114,8 +117,10 @@ class NativeTunable:
                     weight = comfy.utils.get_attr(self.model.model, key)
                     wrapper.parameter = torch.nn.Parameter(weight.detach().to(self.device, self.dtype, copy=True))
 
-    def _temporal_trainables(self) -> list[tuple[str, torch.nn.Parameter]]:
-        return [(name, p) for name, p in self.patches.temporal.named_state_parameters() if is_temporal_trainable(name)]
+    def _temporal_trainables(self, block_name: str | None = None) -> list[tuple[str, torch.nn.Parameter]]:
+        """(name, parameter) of the trainable temporal tensors, of one block when `block_name` is given."""
+        temporal = self.patches.temporal
+        return [(name, p) for name, p in temporal.named_state_parameters(block_name) if is_temporal_trainable(name)]
 
     def named_trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
         """Tune-A-Video name -> trainable, block by block: the block's UNet tensors (attn1.to_q,
@@ -123,17 +128,11 @@ class NativeTunable:
         (`inflate.VideoUNet.trainable_parameters`)."""
         if any(wrapper.parameter is None for _, _, wrapper in self._unet_wrappers()):
             raise RuntimeError("the UNet copies are taken from the loaded model: call take_loaded_weights first")
-        temporal: dict[str, list] = {}
-        for name, p in self._temporal_trainables():
-            temporal.setdefault(name.split(".attn_temp.")[0].split(".conv_temp.")[0], []).append((name, p))
         named = {}
-        for block in self.unet_weights:
+        for block_name, block in self.unet_weights:
             for _, name, wrapper in block:
                 named[name] = wrapper.parameter
-            block_name = block[0][1].rsplit(".attn", 1)[0]
-            named.update(temporal.pop(block_name, []))
-        if temporal:
-            raise RuntimeError(f"temporal layers of no transformer block: {sorted(temporal)[:3]}")
+            named.update(self._temporal_trainables(block_name))
         return named
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -271,7 +270,7 @@ def split_tuned_weights(model, patches: VideoPatches, state: dict[str, torch.Ten
     no layer of it, a missing one or a wrong shape is an error."""
     if patches.temporal is None:
         raise ValueError("it has no temporal layers (Cross-frame Attention?)")
-    unet_keys = {name: key for block in unet_trainable_keys(model, patches) for key, name in block}
+    unet_keys = {name: key for _, block in unet_trainable_keys(model, patches) for key, name in block}
     own_temporal = {k: v for k, v in patches.temporal.named_state().items() if is_temporal_trainable(k)}
     expected = {**{k: comfy.utils.get_attr(model.model, v) for k, v in unet_keys.items()}, **own_temporal}
     checks.require_matching_state(expected, state)

@@ -1,6 +1,7 @@
 """Small API graphs the integration tests share: the nodes up to the one under test, with the
-TINY settings of scripts/quick_settings.py."""
+TINY settings of scripts/quick_settings.py; and the run of a check script in a host's own Python."""
 
+import subprocess
 import uuid
 
 from safetensors.torch import load_file
@@ -68,3 +69,40 @@ def tiny_unet_weights(server) -> dict:
     prefix = "model.diffusion_model."
     checkpoint = load_file(str(server.base / "models" / "checkpoints" / "smoothvideo_tiny_sd15.safetensors"))
     return {k[len(prefix):]: v for k, v in checkpoint.items() if k.startswith(prefix)}
+
+
+def ip2p_frames_graph(video: str, steps: int) -> dict:
+    """The tiny InstructPix2Pix model on 4 frames of `video` at 64 px: "7" InstructPixToPixConditioning
+    (its LATENT is output 2), "9" ddim_uniform sigmas of `steps`, "10" the same seed noise for every frame."""
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "smoothvideo_tiny_ip2p.safetensors"}},
+        "2": {"class_type": "LoadVideo", "inputs": {"file": video}},
+        "3": {"class_type": "GetVideoComponents", "inputs": {"video": ["2", 0]}},
+        "4": {"class_type": "SmoothVideo_SelectVideoFrames", "inputs": {"images": ["3", 0], "start": 0, "count": 4, "stride": 1, "width": 64, "height": 64}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "make it snowy", "clip": ["1", 1]}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+        "7": {"class_type": "InstructPixToPixConditioning", "inputs": {"positive": ["5", 0], "negative": ["6", 0], "vae": ["1", 2], "pixels": ["4", 0]}},
+        "9": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "ddim_uniform", "steps": steps, "denoise": 1.0}},
+        "10": {"class_type": "SmoothVideo_SameNoiseForAllFrames", "inputs": {"noise_seed": 3}},
+    }
+
+
+def dual_cfg_guider(model: list) -> dict:
+    """InstructPix2Pix's three-way CFG on ip2p_frames_graph's conditioning (text 7.5, image 1.5)."""
+    return {"class_type": "DualCFGGuider", "inputs": {
+        "model": model, "cond1": ["7", 0], "cond2": ["7", 1], "negative": ["7", 1],
+        "cfg_conds": 7.5, "cfg_cond2_negative": 1.5, "style": "regular"}}
+
+
+def run_host_script(host, script, timeout: int = 900) -> str:
+    """A check script run by the host's own Python in its ComfyUI folder, with the ComfyUI folder, the
+    custom_nodes folder holding the pack and the tiny SD1.5 checkpoint as arguments: its last line."""
+    version, folder = host
+    comfy = folder / "ComfyUI"
+    run = subprocess.run(
+        [str(folder / "venv" / "bin" / "python"), str(script), str(comfy), str(folder / "base" / "custom_nodes"),
+         str(folder / "base" / "models" / "checkpoints" / "smoothvideo_tiny_sd15.safetensors")],
+        cwd=comfy, capture_output=True, text=True, timeout=timeout,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    return run.stdout.strip().splitlines()[-1]

@@ -122,6 +122,13 @@ def test_ip2p_source_frames_and_latent_frames_that_differ_are_refused(server, sa
     prompt["13"]["inputs"]["latent_image"] = ["20", 0]
     error = history_error(server, prompt, "carries 4 source frames .* but the LATENT has 6: sample the LATENT output")
     assert error["node_type"] == "SamplerCustomAdvanced"
+    # the same under the Smooth Noise (Eq. 5) patch
+    prompt = quick(load_workflow("ip2p_video_zero_smooth_patch"), TINY)
+    prompt["1"]["inputs"]["file"] = sample_video[0]
+    prompt["20"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 80, "height": 80, "batch_size": 6}}
+    prompt["13"]["inputs"]["latent_image"] = ["20", 0]
+    error = history_error(server, prompt, "carries 4 source frames .* but the LATENT has 6: sample the LATENT output")
+    assert error["node_type"] == "SamplerCustomAdvanced"
 
 
 # ---------------------------------------------------------------- 5. Load Tuned Video Weights

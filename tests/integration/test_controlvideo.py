@@ -7,7 +7,6 @@ The tiny SD1.5 ControlNet is written by scripts/make_tiny_checkpoints.py."""
 
 import json
 import pathlib
-import subprocess
 import uuid
 
 import av
@@ -15,7 +14,7 @@ import pytest
 from safetensors.torch import load_file
 
 from comfy_host import ComfyError, node_output
-from graphs import save_latent, tiny_unet_weights, tiny_workflow
+from graphs import run_host_script, save_latent, tiny_unet_weights, tiny_workflow
 
 pytestmark = pytest.mark.integration
 FLOAT32_EPS = 1.19e-7
@@ -75,15 +74,7 @@ def test_every_transformer_block_is_controlvideos_block_in_float64(host):
     """Key-frame attention (key frame 2 of 5, two videos per batch), the temporal branch with its
     1x1 layer beside it, none in the middle block: each block against ControlVideo's, written out
     (controlvideo_check.py, in the host's own Python)."""
-    version, folder = host
-    comfy = folder / "ComfyUI"
-    run = subprocess.run(
-        [str(folder / "venv" / "bin" / "python"), str(CHECK), str(comfy), str(folder / "base" / "custom_nodes"),
-         str(folder / "base" / "models" / "checkpoints" / "smoothvideo_tiny_sd15.safetensors")],
-        cwd=comfy, capture_output=True, text=True, timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
+    result = json.loads(run_host_script(host, CHECK, timeout=600))
     assert result["dtype"] == "torch.float64"
     blocks = result["blocks"]
     assert [b["temporal"] for b in blocks] == [not b["middle"] for b in blocks] and any(b["middle"] for b in blocks)

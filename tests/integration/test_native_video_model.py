@@ -5,9 +5,10 @@ the two differ by rounding only. Run in each host's own Python (native_model_che
 
 import json
 import pathlib
-import subprocess
 
 import pytest
+
+from graphs import run_host_script
 
 pytestmark = pytest.mark.integration
 FLOAT32_EPS = 2.0**-23  # spacing of float32 at 1.0
@@ -16,15 +17,7 @@ CHECK = pathlib.Path(__file__).resolve().parent / "native_model_check.py"
 
 @pytest.fixture(scope="module")
 def check(host):
-    version, folder = host
-    comfy = folder / "ComfyUI"
-    run = subprocess.run(
-        [str(folder / "venv" / "bin" / "python"), str(CHECK), str(comfy), str(folder / "base" / "custom_nodes"),
-         str(folder / "base" / "models" / "checkpoints" / "smoothvideo_tiny_sd15.safetensors")],
-        cwd=comfy, capture_output=True, text=True, timeout=900,
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return json.loads(run_host_script(host, CHECK))
 
 
 def test_native_video_model_equals_the_core_model_in_float64(check):

@@ -9,11 +9,10 @@ import pytest
 from safetensors.torch import load_file
 
 from comfy_host import ComfyError, node_output
-from graphs import invert_graph, sampler_graph, tune_graph
+from graphs import dual_cfg_guider, invert_graph, ip2p_frames_graph, sampler_graph, tune_graph
 
 pytestmark = pytest.mark.integration
 SD15 = "smoothvideo_tiny_sd15.safetensors"
-IP2P = "smoothvideo_tiny_ip2p.safetensors"
 STEPS = 3
 FLOAT32_EPS = 1.19e-7
 # k-diffusion samplers of both hosts beyond ddim (= euler); the SDE ones draw their noise from the seed.
@@ -97,24 +96,12 @@ def test_with_ddim_it_is_the_smooth_noise_sampler(server):
 def test_under_dual_cfg_it_is_the_smooth_noise_sampler(server, sample_video):
     """InstructPix2Pix's DualCFGGuider adds its text term after the post-CFG functions; the patch
     corrects the whole guided prediction, as the sampler does."""
-    prompt = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": IP2P}},
-        "2": {"class_type": "LoadVideo", "inputs": {"file": sample_video[0]}},
-        "3": {"class_type": "GetVideoComponents", "inputs": {"video": ["2", 0]}},
-        "4": {"class_type": "SmoothVideo_SelectVideoFrames", "inputs": {"images": ["3", 0], "start": 0, "count": 4, "stride": 1, "width": 64, "height": 64}},
-        "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "make it snowy", "clip": ["1", 1]}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
-        "7": {"class_type": "InstructPixToPixConditioning", "inputs": {"positive": ["5", 0], "negative": ["6", 0], "vae": ["1", 2], "pixels": ["4", 0]}},
-        "9": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "ddim_uniform", "steps": STEPS, "denoise": 1.0}},
-        "10": {"class_type": "SmoothVideo_SameNoiseForAllFrames", "inputs": {"noise_seed": 3}},
-        "p": smooth_noise(["1", 0]),
-    }
+    prompt = ip2p_frames_graph(sample_video[0], STEPS)
+    prompt["p"] = smooth_noise(["1", 0])
     arms = {"sampler": (["1", 0], smooth_sampler()), "patch": (["p", 0], stock_sampler("ddim")),
             "stock": (["1", 0], stock_sampler("ddim"))}
     for name, (model, sampler) in arms.items():
-        prompt["g" + name] = {"class_type": "DualCFGGuider", "inputs": {
-            "model": model, "cond1": ["7", 0], "cond2": ["7", 1], "negative": ["7", 1],
-            "cfg_conds": 7.5, "cfg_cond2_negative": 1.5, "style": "regular"}}
+        prompt["g" + name] = dual_cfg_guider(model)
         prompt["m" + name] = sampler
         prompt["k" + name] = {"class_type": "SamplerCustomAdvanced", "inputs": {
             "noise": ["10", 0], "guider": ["g" + name, 0], "sampler": ["m" + name, 0], "sigmas": ["9", 0], "latent_image": ["7", 2]}}

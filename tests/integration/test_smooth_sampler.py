@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import load_file
 
 from comfy_host import ComfyError, node_output
+from graphs import dual_cfg_guider, ip2p_frames_graph
 
 pytestmark = pytest.mark.integration
 SD15 = "smoothvideo_tiny_sd15.safetensors"
-IP2P = "smoothvideo_tiny_ip2p.safetensors"
 STEPS = 3
 
 
@@ -90,18 +90,8 @@ def test_lambda3_changes_the_result(text_to_image_latents):
 def test_instruct_pix2pix_video_edit_is_smoother_with_eq5(server, sample_video):
     """The paper's training-free setting: per-frame InstructPix2Pix (DualCFG, text 7.5, image
     1.5) on a video's frames from the same seed noise, without and with Eq. 5."""
-    prompt = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": IP2P}},
-        "2": {"class_type": "LoadVideo", "inputs": {"file": sample_video[0]}},
-        "3": {"class_type": "GetVideoComponents", "inputs": {"video": ["2", 0]}},
-        "4": {"class_type": "SmoothVideo_SelectVideoFrames", "inputs": {"images": ["3", 0], "start": 0, "count": 4, "stride": 1, "width": 64, "height": 64}},
-        "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "make it snowy", "clip": ["1", 1]}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
-        "7": {"class_type": "InstructPixToPixConditioning", "inputs": {"positive": ["5", 0], "negative": ["6", 0], "vae": ["1", 2], "pixels": ["4", 0]}},
-        "8": {"class_type": "DualCFGGuider", "inputs": {"model": ["1", 0], "cond1": ["7", 0], "cond2": ["7", 1], "negative": ["7", 1], "cfg_conds": 7.5, "cfg_cond2_negative": 1.5, "style": "regular"}},
-        "9": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "ddim_uniform", "steps": STEPS, "denoise": 1.0}},
-        "10": {"class_type": "SmoothVideo_SameNoiseForAllFrames", "inputs": {"noise_seed": 3}},
-    }
+    prompt = ip2p_frames_graph(sample_video[0], STEPS)
+    prompt["8"] = dual_cfg_guider(["1", 0])
     for name, lambda3 in (("off", 0.0), ("on", 0.5)):
         prompt["m" + name] = smooth_sampler(lambda3)
         prompt["k" + name] = {
