@@ -123,6 +123,15 @@ def test_workflow_runs_and_tunes_controlvideos_set(server, runs, name):
     assert weights[f"{block}.conv_temp.weight"].abs().max() > 1e-4 and weights[f"{block}.conv_temp.bias"].abs().max() > 1e-4
 
 
+def test_gradient_checkpointing_tunes_the_same(server, runs):
+    """The temporal branch's hooks (norm1 kept, added at attn1.to_out) run again in the recompute."""
+    plain, _ = runs(SMOOTH)
+    checkpointed, _ = runs(SMOOTH, **{TUNE: {"gradient_checkpointing": True}})
+    for a, b in zip(node_output(plain, TUNE)["losses"], node_output(checkpointed, TUNE)["losses"]):
+        assert a == pytest.approx(b, rel=1e-4)
+    assert relative(saved(server, checkpointed, SAMPLE), saved(server, plain, SAMPLE)) <= 1e-4
+
+
 def test_compare_runs_both_arms_from_one_source(server, runs):
     entry, prompt = runs(COMPARE)
     smooth, baseline = saved(server, entry, "14"), saved(server, entry, "34")
