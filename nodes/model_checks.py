@@ -96,3 +96,18 @@ def require_noise_prediction_sampling(sampling, who: str, fix: str) -> None:
             f"but this MODEL samples as a flow model ({prediction_name(sampling)} on {schedule_name(sampling)}): "
             f"remove the ModelSampling node or {fix}"
         )
+
+
+def require_no_sampling_guidance(model, node: str, why: str, fix: str) -> None:
+    """Guidance that works on the sampler's CFG (PerturbedAttentionGuidance, Self-Attention Guidance,
+    CFG rescales: post-CFG, CFG and pre-CFG functions) has no meaning in the pack's loops, which
+    run the model without CFG (tuning, DDIM inversion): there it would fail, change the loss
+    unseen, or be skipped without a word."""
+    options = model.model_options
+    if options.get("sampler_post_cfg_function") or options.get("sampler_cfg_function") \
+            or options.get("sampler_pre_cfg_function"):
+        raise ValueError(
+            f"{node}: this MODEL carries sampling guidance (a node such as PerturbedAttentionGuidance, "
+            f"SelfAttentionGuidance or RescaleCFG changes the sampler's CFG), which has no meaning here ({why}, "
+            f"without CFG): {fix}"
+        )

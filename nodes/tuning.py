@@ -18,7 +18,12 @@ import folder_paths
 from ..smooth_core import checks, losses, memory, tune, video_layers
 from . import video_patches, video_tuning
 from .common import CATEGORY, NODE_PREFIX, Progress, latent_size, pixel_size, single_prompt, video_frames_latent
-from .model_checks import require_no_smooth_noise_patch, require_sd15_schedule, require_sd1_eps
+from .model_checks import (
+    require_no_sampling_guidance,
+    require_no_smooth_noise_patch,
+    require_sd15_schedule,
+    require_sd1_eps,
+)
 from .plot import loss_curve_image
 from .video_patches import VideoPatches
 
@@ -207,7 +212,8 @@ class OneShotTune(io.ComfyNode):
         require_sd1_eps(model)
         require_no_smooth_noise_patch(model, "One-shot Tune")
         require_sd15_schedule(model, "One-shot Tune")
-        require_no_sampling_guidance(model)
+        require_no_sampling_guidance(model, "One-shot Tune", "tuning trains the noise prediction itself",
+                                     "apply that node to One-shot Tune's tuned_model instead, before the sampler")
         if patches.temporal is None:
             raise ValueError(
                 "One-shot Tune: this video MODEL comes from Cross-frame Attention (training-free, no temporal "
@@ -297,20 +303,6 @@ class OneShotTune(io.ComfyNode):
         # The loss curve shows on the node as a preview; the numbers are for HTTP clients (/history).
         preview = ui.PreviewImage(curve, cls=cls).as_dict()
         return io.NodeOutput(patched, curve, ui={**preview, "text": [summary], "losses": history})
-
-
-def require_no_sampling_guidance(model) -> None:
-    """Guidance that works on the sampler's CFG (PerturbedAttentionGuidance, Self-Attention Guidance,
-    CFG rescales: post-CFG and CFG functions) has no meaning while tuning, which trains the noise
-    prediction itself without CFG; applied there it fails or changes the loss unseen."""
-    options = model.model_options
-    if options.get("sampler_post_cfg_function") or options.get("sampler_cfg_function") \
-            or options.get("sampler_pre_cfg_function"):
-        raise ValueError(
-            "One-shot Tune: this MODEL carries sampling guidance (a node such as PerturbedAttentionGuidance, "
-            "SelfAttentionGuidance or RescaleCFG changes the sampler's CFG), which has no meaning while tuning: "
-            "apply that node to One-shot Tune's tuned_model instead, before the sampler"
-        )
 
 
 def tuning_precision(device: torch.device) -> str:

@@ -18,7 +18,12 @@ from ..smooth_core import checks, invert, memory, sample, video_layers
 from . import video_patches
 from .common import CATEGORY, NODE_PREFIX, Progress, latent_size, pixel_size, single_prompt, video_frames_latent
 from .guided import predict_eps, run_with_model_call
-from .model_checks import require_no_smooth_noise_patch, require_sd15_schedule, require_sd1_eps
+from .model_checks import (
+    require_no_sampling_guidance,
+    require_no_smooth_noise_patch,
+    require_sd15_schedule,
+    require_sd1_eps,
+)
 
 # Tuned weights and tuning checkpoints: ComfyUI/models/smoothvideo/
 folder_paths.add_model_folder_path("smoothvideo", os.path.join(folder_paths.models_dir, "smoothvideo"))
@@ -232,6 +237,9 @@ class DDIMInvertVideo(io.ComfyNode):
     def execute(cls, model, latent, conditioning, steps, sigmas=None) -> io.NodeOutput:
         require_sd1_eps(model)
         require_no_smooth_noise_patch(model, "DDIM Invert Video")
+        require_no_sampling_guidance(model, "DDIM Invert Video", "the inversion steps with the noise prediction itself",
+                                     "connect DDIM Invert Video to the MODEL before that node, and that node to the "
+                                     "sampler's MODEL only")
         require_sd15_schedule(model, "DDIM Invert Video")
         samples = video_frames_latent(latent, "DDIM Invert Video")
         single_prompt(conditioning, "DDIM Invert Video", "conditioning")  # one prompt, checked before any work

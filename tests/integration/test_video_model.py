@@ -315,6 +315,17 @@ def test_sampling_guidance_on_the_model_being_tuned_is_refused_with_where_it_goe
         server.run(prompt)
 
 
+def test_sampling_guidance_on_the_model_being_inverted_is_refused_with_where_it_goes(server, sample_video):
+    """PerturbedAttentionGuidance (a post-CFG function) before DDIM Invert Video: the inversion runs
+    the model without CFG, where ComfyUI never calls such functions; it was skipped without a word."""
+    prompt = invert_graph(sample_video[0])
+    prompt["35"] = {"class_type": "PerturbedAttentionGuidance", "inputs": {"model": ["9", 0], "scale": 3.0}}
+    prompt["11"]["inputs"]["model"] = ["35", 0]
+    with pytest.raises(ComfyError, match="DDIM Invert Video: this MODEL carries sampling guidance .* connect DDIM "
+                                         "Invert Video to the MODEL before that node"):
+        server.run(prompt)
+
+
 def test_an_attn1_replacement_before_inflate_unet_is_refused_with_where_it_goes(server, sample_video):
     """A node that replaces a whole block's self-attention (test probe: plain attention on the middle
     block) before Inflate UNet: the frame attention would have been dropped there, or theirs."""
