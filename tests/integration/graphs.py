@@ -9,6 +9,14 @@ from safetensors.torch import load_file
 from comfy_host import load_workflow
 from quick_settings import TINY, quick
 
+# Every node the pack registers (what /object_info lists under its module).
+PACK_NODES = {
+    "SmoothVideo_VLScore", "SmoothVideo_SelectVideoFrames", "SmoothVideo_SmoothNoiseSampler",
+    "SmoothVideo_SameNoiseForAllFrames", "SmoothVideo_InflateUNet", "SmoothVideo_CrossFrameAttention",
+    "SmoothVideo_DDIMInvertVideo", "SmoothVideo_OneShotTune", "SmoothVideo_LoadTunedVideoWeights",
+    "SmoothVideo_SmoothNoise", "SmoothVideo_InflateControlVideo",
+}
+
 
 def tiny_workflow(name: str, video: str, **save_names) -> dict:
     """The workflow with TINY settings on `video`; save_names maps a One-shot Tune save_name to another."""

@@ -7,13 +7,10 @@ import tomllib
 import pytest
 
 from comfy_host import HOSTS
+from graphs import PACK_NODES
 
 pytestmark = pytest.mark.integration
-EXPECTED = {
-    "SmoothVideo_InflateUNet", "SmoothVideo_CrossFrameAttention", "SmoothVideo_DDIMInvertVideo",
-    "SmoothVideo_OneShotTune", "SmoothVideo_LoadTunedVideoWeights", "SmoothVideo_SmoothNoiseSampler",
-    "SmoothVideo_SameNoiseForAllFrames", "SmoothVideo_VLScore", "SmoothVideo_SelectVideoFrames",
-}
+EXPECTED = PACK_NODES
 
 
 @pytest.fixture(scope="module")

@@ -11,17 +11,11 @@ import uuid
 import pytest
 
 from comfy_host import node_output
-from graphs import tiny_workflow
+from graphs import PACK_NODES, tiny_workflow
 
 pytestmark = pytest.mark.integration
 REPO = pathlib.Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted(path.stem for path in (REPO / "workflows" / "api").glob("*.json"))
-PACK_NODES = {
-    "SmoothVideo_VLScore", "SmoothVideo_SelectVideoFrames", "SmoothVideo_SmoothNoiseSampler",
-    "SmoothVideo_SameNoiseForAllFrames", "SmoothVideo_InflateUNet", "SmoothVideo_CrossFrameAttention",
-    "SmoothVideo_DDIMInvertVideo", "SmoothVideo_OneShotTune", "SmoothVideo_LoadTunedVideoWeights",
-    "SmoothVideo_SmoothNoise", "SmoothVideo_InflateControlVideo",
-}
 
 
 def test_the_server_cannot_import_diffusers_and_every_node_loads(server):
