@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from comfy_host import ComfyError, node_output
-from graphs import invert_graph, tune_graph
+from graphs import invert_graph, tiny_unet_weights, tune_graph
 
 pytestmark = pytest.mark.integration
 CKPT = "smoothvideo_tiny_sd15.safetensors"
@@ -115,6 +115,26 @@ def test_a_lora_before_inflate_unet_is_carried_into_the_video_model(server, samp
     plain = saved_latent(server, server.run(sampling_prompt(sample_video[0], None, True)), "20")
     assert (video - plain).abs().max() <= 2e-5 * plain.abs().max()  # two float32 UNets: ~170 eps of the scale
     assert (video_lora - video).abs().max() > 1e-2 * video.abs().max()  # the LoRA does change the result (~0.5 of the scale)
+
+
+def test_controlvideo_starts_its_temporal_attention_from_the_checkpoints_attn1_under_a_loaded_lora(
+        server, sample_video, lora):
+    """Inflate UNet (ControlVideo) copies each block's attn1 into attn_temp. With a LoRA before it
+    whose clone is still loaded from an earlier run (its weights patched in place in the shared UNet),
+    the copy is the checkpoint's tensor (from ComfyUI's backup), not the LoRA-patched one."""
+    server.run(with_lora(sampling_prompt(sample_video[0], None, False), lora))  # leaves the LoRA'd clone loaded
+    save_name = f"test_cv_init_{uuid.uuid4().hex[:6]}"
+    prompt = with_lora(tune_graph(sample_video[0], learning_rate=1e-7, lambda2=0.0), lora)
+    prompt["9"] = {"class_type": "SmoothVideo_InflateControlVideo", "inputs": {"model": ["30", 0], "key_frame": 0}}
+    prompt["10"]["inputs"]["save_name"] = save_name
+    server.run(prompt)
+    tuned = load_file(str(server.base / "models" / "smoothvideo" / f"{save_name}.safetensors"))
+    start = tiny_unet_weights(server)
+    for name in ("to_k", "to_v"):  # the layers the LoRA changes in this block
+        copy = tuned[f"down_blocks.0.attentions.0.transformer_blocks.0.attn_temp.{name}.weight"]
+        checkpoint = start[f"input_blocks.1.1.transformer_blocks.0.attn1.{name}.weight"].float()
+        # One AdamW step at lr 1e-7 moves it by ~1e-7; the LoRA changes these weights by ~0.1.
+        assert (copy - checkpoint).abs().max() <= 1e-5, name
 
 
 def test_a_lora_after_inflate_unet_acts_on_the_video_model_as_before_it(server, sample_video, lora):
