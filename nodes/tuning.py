@@ -180,9 +180,10 @@ class OneShotTune(io.ComfyNode):
             category=CATEGORY,
             is_output_node=True,
             description=(
-                "Tune-A-Video one-shot tuning of a video MODEL on one video, with the SmoothVideo noise "
-                "constraint: loss = MSE + lambda2 * smooth loss (Eq. 4). Only attn1/attn2 query projections and "
-                "the temporal attention train. Saves the tuned weights (and a checkpoint every N steps, which a "
+                "One-shot tuning of a video MODEL on one video (Tune-A-Video, or ControlVideo with a ControlNet on "
+                "positive), with the SmoothVideo noise constraint: loss = MSE + lambda2 * smooth loss (Eq. 4). Only "
+                "the model's own set trains: Tune-A-Video's attn1/attn2 query projections and temporal attention, "
+                "or ControlVideo's attn1 output projections, temporal attention and conv_temp. Saves the tuned weights (and a checkpoint every N steps, which a "
                 "re-run with the same settings resumes) in models/smoothvideo/."
             ),
             inputs=[
