@@ -15,6 +15,9 @@ pytestmark = pytest.mark.integration
 SD15 = "smoothvideo_tiny_sd15.safetensors"
 STEPS = 3
 FLOAT32_EPS = 1.19e-7
+# The same float32 computation twice: measured bitwise equal here (largest difference 0), allowed the
+# 8 roundings of the scale that multi-threaded kernels may add in another order (as test_smooth_sampler).
+SAME = 8
 # k-diffusion samplers of both hosts beyond ddim (= euler); the SDE ones draw their noise from the seed.
 OTHER_SAMPLERS = ["euler_ancestral", "heun", "dpm_2", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m",
                   "dpmpp_2m_sde", "dpmpp_3m_sde", "lcm", "uni_pc", "ipndm", "deis"]
@@ -69,7 +72,7 @@ def run_arms(server, arms, **kwargs):
     return {name: saved(server, entry, "s" + name) for name in arms}
 
 
-def close(a, b, eps=4):
+def close(a, b, eps=SAME):
     """Equal up to `eps` float32 roundings of the latents' scale (the random-weight model's reach ~70)."""
     return (a - b).abs().max().item() <= eps * FLOAT32_EPS * b.abs().max().item()
 
@@ -89,7 +92,7 @@ def test_with_ddim_it_is_the_smooth_noise_sampler(server):
     }, extra={"p": smooth_noise(["1", 0])})
     assert out["patch"].shape == (4, 4, 8, 8)
     # The same operations in the same order (Euler steps, `ksampling.correct_denoised`): measured 0.
-    assert close(out["patch"], out["sampler"], eps=1)
+    assert close(out["patch"], out["sampler"])
     assert not close(out["patch"], out["stock"], eps=1e4)  # and Eq. 5 acts
 
 
@@ -108,7 +111,7 @@ def test_under_dual_cfg_it_is_the_smooth_noise_sampler(server, sample_video):
         prompt["s" + name] = save(["k" + name, 0])
     entry = server.run(prompt)
     out = {name: saved(server, entry, "s" + name) for name in arms}
-    assert close(out["patch"], out["sampler"], eps=1)
+    assert close(out["patch"], out["sampler"])
     assert not close(out["patch"], out["stock"], eps=1e4)
 
 
@@ -118,8 +121,8 @@ def test_off_is_the_unpatched_model(server):
         "empty_range": (["e", 0], stock_sampler("dpmpp_2m")),
         "stock": (["1", 0], stock_sampler("dpmpp_2m")),
     }, extra={"z": smooth_noise(["1", 0], lambda3=0.0), "e": smooth_noise(["1", 0], start=0.0, end=0.0)})
-    assert (out["zero"] == out["stock"]).all()
-    assert (out["empty_range"] == out["stock"]).all()
+    assert close(out["zero"], out["stock"])  # the patch returns the prediction untouched: measured 0
+    assert close(out["empty_range"], out["stock"])
 
 
 def test_the_range_limits_the_correction_to_its_steps(server):
@@ -156,7 +159,7 @@ def test_it_stacks_with_the_video_models_in_either_order(server, video_node):
         "pv": {**video_node, "inputs": {**video_node["inputs"], "model": ["p", 0]}},
     }
     out = run_arms(server, {name: ([name, 0], stock_sampler("ddim")) for name in ("v", "vp", "pv")}, extra=extra)
-    assert close(out["vp"], out["pv"], eps=1)
+    assert close(out["vp"], out["pv"])
     assert not close(out["vp"], out["v"], eps=1e4)
 
 
@@ -174,7 +177,7 @@ def test_it_stacks_with_sampling_guidance_in_either_order(server, guidance):
         "pg": {**guidance, "inputs": {**guidance["inputs"], "model": ["p", 0]}},
     }
     out = run_arms(server, {name: ([name, 0], stock_sampler("ddim")) for name in ("g", "gp", "pg", "p")}, extra=extra)
-    assert close(out["gp"], out["pg"], eps=1)
+    assert close(out["gp"], out["pg"])
     assert not close(out["gp"], out["g"], eps=1e4)  # Eq. 5 acts
     assert not close(out["gp"], out["p"], eps=1e4)  # and so does the guidance
 
