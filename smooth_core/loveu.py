@@ -5,7 +5,8 @@ The benchmark's script (showlab/loveu-tgve-2023, scripts/run_eval.py) does, per 
   `PIL.Image.resize((480, 480))` (Pillow's default filter);
 - CLIP-T (`clip_score_text`): `processor(text=[prompt], images=frames, return_tensors="pt",
   padding=True)`, one `CLIPModel` forward, the mean of `logits_per_image` over the frames
-  (`logit_scale.exp() * cos`, so about 100 x the cosine for openai/clip-vit-large-patch14);
+  (`logit_scale.exp() * cos`, so about 100 x the cosine for openai/clip-vit-large-patch14;
+  computed here from the same image and text features, the vision tower once for both scores);
 - CLIP-F (`clip_score_frame`): `model.get_image_features` of `processor(images=frames)`,
   sklearn's cosine-similarity matrix, the diagonal set to 0, the sum divided by f (f - 1):
   the mean cosine over ordered pairs i != j (the leaderboard prints it x100).
@@ -44,14 +45,28 @@ class LoveuClip:
         self.processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
         self.device = device
 
-    def clip_text(self, frames: list, prompt: str) -> float:
-        """CLIP-T: the mean of `logits_per_image` over the frames (PIL images, already resized)."""
-        inputs = self.processor(text=[prompt], images=frames, return_tensors="pt", padding=True).to(self.device)
+    def image_features(self, frames: list) -> torch.Tensor:
+        """`get_image_features` of `processor(images=frames)`: (f, d) float32."""
+        inputs = self.processor(images=frames, return_tensors="pt").to(self.device)
         with torch.no_grad():
-            logits = self.model(**inputs).logits_per_image
-        return float(logits.double().mean())
+            return self.model.get_image_features(**inputs)
 
-    def clip_frame(self, frames: list) -> float:
+    def clip_text(self, frames: list, prompt: str, features: torch.Tensor | None = None) -> float:
+        """CLIP-T: the mean over the frames of `logits_per_image`, `logit_scale.exp() * cos(image, text)`.
+
+        CLIPModel's forward computes those logits from `get_image_features` and
+        `get_text_features`; they are taken here the same way, from the frames' image features
+        (`features`, when CLIP-F already computed them, so the vision tower runs once per video).
+        """
+        if features is None:
+            features = self.image_features(frames)
+        inputs = self.processor(text=[prompt], return_tensors="pt", padding=True).to(self.device)
+        with torch.no_grad():
+            text = self.model.get_text_features(**inputs)[0]
+            scale = float(self.model.logit_scale.exp())
+        return float(metrics.clip_text_alignment(features.double(), text.double(), scale=scale))
+
+    def clip_frame(self, frames: list, features: torch.Tensor | None = None) -> float:
         """CLIP-F: the mean cosine of the frames' image features over ordered pairs i != j.
 
         The cosines are taken in float64 from the model's float32 features; sklearn's, in the
@@ -59,9 +74,8 @@ class LoveuClip:
         """
         if len(frames) < 2:
             raise ValueError(f"CLIP-F needs at least 2 frames, got {len(frames)}")
-        inputs = self.processor(images=frames, return_tensors="pt").to(self.device)
-        with torch.no_grad():
-            features = self.model.get_image_features(**inputs)
+        if features is None:
+            features = self.image_features(frames)
         return float(metrics.clip_frame_consistency(features.double()))
 
 
@@ -98,5 +112,6 @@ def write_frames(images, folder: str | pathlib.Path) -> list[pathlib.Path]:
 def score_video(clip: LoveuClip, folder: str | pathlib.Path, prompt: str) -> dict:
     """CLIP-T, CLIP-F and CLIP-F x100 (the leaderboard's figure) of the frames in `folder`."""
     frames = read_frames(folder)
-    clip_f = clip.clip_frame(frames)
-    return {"clip_text": clip.clip_text(frames, prompt), "clip_frame": clip_f, "clip_frame_x100": 100.0 * clip_f}
+    features = clip.image_features(frames)
+    clip_f = clip.clip_frame(frames, features)
+    return {"clip_text": clip.clip_text(frames, prompt, features), "clip_frame": clip_f, "clip_frame_x100": 100.0 * clip_f}

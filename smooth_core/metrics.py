@@ -79,10 +79,11 @@ def clip_frame_consistency(image_embeds: torch.Tensor) -> torch.Tensor:
     return (sim.sum() - sim.diagonal().sum()) / (f * (f - 1))
 
 
-def clip_text_alignment(image_embeds: torch.Tensor, text_embed: torch.Tensor) -> torch.Tensor:
-    """CLIP-T: mean over frames of 100 * cos(image embedding, text embedding).
+def clip_text_alignment(image_embeds: torch.Tensor, text_embed: torch.Tensor, scale: float = 100.0) -> torch.Tensor:
+    """CLIP-T: mean over frames of scale * cos(image embedding, text embedding).
 
-    image_embeds: (f, d); text_embed: (d,). Returns a 0-dim tensor.
+    image_embeds: (f, d); text_embed: (d,). scale is 100 (CLIPScore's w), or a CLIPModel's
+    `logit_scale.exp()` for the mean of its `logits_per_image`. Returns a 0-dim tensor.
     """
     _check_embeds("image_embeds", image_embeds, 1)
     if not isinstance(text_embed, torch.Tensor) or text_embed.shape != image_embeds.shape[1:]:
@@ -93,4 +94,4 @@ def clip_text_alignment(image_embeds: torch.Tensor, text_embed: torch.Tensor) ->
     dtype = checks.compute_dtype(image_embeds, text_embed)
     e = F.normalize(image_embeds.to(dtype), dim=1)
     t = F.normalize(text_embed.to(dtype), dim=0)
-    return 100.0 * (e @ t).mean()
+    return scale * (e @ t).mean()
