@@ -118,6 +118,12 @@ def test_scores_match_float64_brute_force(clip, clip_folder, tmp_path):
     assert scores["clip_frame"] == pytest.approx(clip_f, abs=1e-5)
     assert scores["clip_frame_x100"] == pytest.approx(100 * clip_f, abs=1e-3)
     assert abs(clip_f) < 0.999  # the frames differ: the check would notice a constant 1
+    # and the benchmark's own call (scripts/run_eval.py's clip_score_text), word for word
+    frames = loveu.read_frames(tmp_path / "video")
+    inputs = clip.processor(text=[prompt], images=frames, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        benchmark = clip.model(**inputs).logits_per_image.detach().cpu().numpy().mean()
+    assert scores["clip_text"] == pytest.approx(float(benchmark), abs=1e-4 * 37)
 
 
 def test_processor_preprocessing_is_the_benchmarks(clip, tmp_path):
