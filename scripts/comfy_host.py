@@ -42,14 +42,19 @@ class ComfyServer:
 
     def __init__(self, host_dir: pathlib.Path = HOST, log_path: pathlib.Path | None = None,
                  extra_custom_nodes: tuple[pathlib.Path, ...] = (), extra_args: tuple[str, ...] = (),
-                 extra_env: dict[str, str] | None = None):
+                 extra_env: dict[str, str] | None = None, base: pathlib.Path | None = None,
+                 cpu: bool = True, die_with_parent: bool = False):
         """`extra_custom_nodes`: more folders of custom nodes for this server only (the tests' probe).
         `extra_args`: more ComfyUI command-line options (e.g. --fp16-unet).
-        `extra_env`: more environment variables for the server's process."""
+        `extra_env`: more environment variables for the server's process.
+        `base`: another --base-directory than the host's (the batch evaluation gives each server its own).
+        `cpu`: False runs on the GPU the process sees (CUDA_VISIBLE_DEVICES) instead of --cpu.
+        `die_with_parent`: the server is killed when the thread that started it ends (Linux), so a
+        killed Ray actor leaves no server behind."""
         self.host_dir = pathlib.Path(host_dir)
         self.python = self.host_dir / "venv" / "bin" / "python"
         self.comfy = self.host_dir / "ComfyUI"
-        self.base = self.host_dir / "base"
+        self.base = pathlib.Path(base) if base else self.host_dir / "base"
         if not self.python.exists() or not (self.comfy / "main.py").exists():
             raise FileNotFoundError(
                 f"no ComfyUI host in {self.host_dir}: run `bash scripts/setup_host.sh` first"
@@ -62,6 +67,8 @@ class ComfyServer:
         self.extra_custom_nodes = tuple(pathlib.Path(p).resolve() for p in extra_custom_nodes)
         self.extra_args = tuple(extra_args)
         self.extra_env = dict(extra_env or {})
+        self.cpu = cpu
+        self.die_with_parent = die_with_parent
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -73,7 +80,7 @@ class ComfyServer:
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", DO_NOT_TRACK="1", **self.extra_env)
         env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 2))
         args = [
-            str(self.python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            str(self.python), "main.py", *(["--cpu"] if self.cpu else []), "--listen", "127.0.0.1", "--port", str(self.port),
             "--disable-api-nodes", "--base-directory", str(self.base), "--disable-auto-launch",
             "--database-url", f"sqlite:///{self.base / 'user' / 'comfyui.db'}",
         ]
@@ -85,7 +92,8 @@ class ComfyServer:
             args += ["--extra-model-paths-config", str(config)]
         args += self.extra_args
         self._log = open(self.log_path, "w")
-        self.process = subprocess.Popen(args, cwd=self.comfy, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(args, cwd=self.comfy, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                        preexec_fn=kill_with_parent if self.die_with_parent else None)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.process.poll() is not None:
@@ -176,6 +184,13 @@ class ComfyServer:
 
     def interrupt(self) -> None:
         self.post("/interrupt", {})
+
+
+def kill_with_parent() -> None:
+    """In the child before exec: SIGKILL it when its parent thread ends (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def execution_error(entry: dict) -> str:

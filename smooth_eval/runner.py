@@ -1,0 +1,339 @@
+"""The driver of a batch evaluation: the jobs, what is done already, the scheduling on Ray, the outputs.
+
+A job is (video, arm, edit). The jobs of one video whose arms share a tune (an arm and its
+Eq. 5 twin) form a group that one worker runs in a row, so the tune runs once and ComfyUI's
+cache keeps it for the other prompts. Groups go to idle workers, one per GPU (or per CPU slot);
+Ray places them (a local Ray on this machine, or the cluster at --address).
+
+Every finished job is written by this process under `out/<arm>/<split>/<video>/<edit>/`: the
+frames as LOVEU submission JPGs (so `out/<arm>/` is a submission the benchmark's script reads),
+`video.mp4`, `loss.png` and `record.json`. The folder is assembled under `out/.tmp/` and renamed
+into place whole, so it exists complete or not at all; a job is done when its folder exists.
+A re-run skips done jobs (failed ones too, unless --retry-failed). A worker that dies (killed,
+its node lost, its server crashed) has its unfinished jobs put back at the front of the queue
+for another worker; a job is given up after MAX_ATTEMPTS workers died under it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import signal
+import sys
+import time
+import uuid
+from collections import deque
+from typing import Callable
+
+from . import arms, dataset
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+MAX_ATTEMPTS = 3
+RECORD = "record.json"
+
+
+@dataclasses.dataclass
+class Options:
+    out: pathlib.Path
+    arms: tuple[str, ...] = arms.DEFAULT_ARMS
+    settings: str = "quick"
+    checkpoint: str = "smoothvideo_tiny_sd15.safetensors"
+    clip: pathlib.Path | None = None  # a transformers CLIP folder (CLIP-T, CLIP-F); None: the VL score only
+    workers: int | None = None  # None: one per GPU, or 1 on a machine without one
+    address: str | None = None  # None: a local Ray on this machine
+    models: pathlib.Path | None = None  # ComfyUI's models folder; None: the project host's
+    retry_failed: bool = False
+    keep_tunes: bool = False
+
+
+def job_key(arm: str, video: dataset.Video, edit: dataset.Edit) -> str:
+    return f"{arm}/{video.split}/{video.name}/{dataset.safe_name(edit.name)}"
+
+
+def job_folder(out: pathlib.Path, key: str) -> pathlib.Path:
+    return out / key
+
+
+def plan(videos: list[dataset.Video], options: Options) -> list[list[dict]]:
+    """The groups of jobs, in the table's order; each group is one video and one tune."""
+    groups: dict[tuple, list[dict]] = {}
+    for video in videos:
+        for edit in video.edits:
+            for name in options.arms:
+                arm = arms.ARMS[name]
+                tune_id = hashlib.sha256(json.dumps(
+                    [video.split, video.name, str(video.source), video.source_prompt, arm.tune_key, options.settings,
+                     options.checkpoint]).encode()).hexdigest()[:12]
+                groups.setdefault((video.split, video.name, arm.tune_key), []).append({
+                    "key": job_key(name, video, edit), "arm": name, "split": video.split, "video": video.name,
+                    "edit": dataset.safe_name(edit.name), "source_prompt": video.source_prompt, "edit_prompt": edit.prompt,
+                    "settings": options.settings, "checkpoint": options.checkpoint, "save_name": f"eval_{tune_id}",
+                    "source": str(video.source), "attempts": 0,
+                })
+    return list(groups.values())
+
+
+def is_done(out: pathlib.Path, job: dict, retry_failed: bool) -> bool:
+    path = job_folder(out, job["key"]) / RECORD
+    if not path.exists():
+        return False
+    return not (retry_failed and json.loads(path.read_text()).get("status") != "done")
+
+
+def write_job(out: pathlib.Path, result: dict) -> dict:
+    """Writes one finished job's folder atomically (assembled in out/.tmp, then renamed); returns its record."""
+    record = result["record"]
+    staging = out / ".tmp" / uuid.uuid4().hex
+    staging.mkdir(parents=True)
+    for index, data in enumerate(result.get("frames", [])):
+        (staging / f"{index:05d}.jpg").write_bytes(data)
+    for name, field in (("video.mp4", "video"), ("loss.png", "loss_curve")):
+        if result.get(field):
+            (staging / name).write_bytes(result[field])
+    (staging / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    final = job_folder(out, record["key"])
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():  # a failed job being retried
+        shutil.rmtree(final)
+    os.rename(staging, final)
+    if result.get("source_video"):
+        source = out / "sources" / record["split"] / f"{record['video']}.mp4"
+        if not source.exists():
+            source.parent.mkdir(parents=True, exist_ok=True)
+            temporary = out / ".tmp" / f"{uuid.uuid4().hex}.mp4"
+            temporary.write_bytes(result["source_video"])
+            os.replace(temporary, source)
+    return record
+
+
+def failed(job: dict, error: str) -> dict:
+    return {"record": {**{k: job[k] for k in ("key", "arm", "split", "video", "edit", "source_prompt", "edit_prompt")},
+                       "status": "failed", "error": error, "seconds": 0.0, "attempts": job["attempts"]}}
+
+
+class Progress:
+    """Jobs done / total and an ETA from the mean time per finished job, one line each."""
+
+    def __init__(self, total: int, skipped: int, stream=sys.stderr):
+        self.total, self.done, self.failed, self.started = total, skipped, 0, time.time()
+        self.skipped = skipped
+        self.stream = stream
+
+    def finished(self, record: dict) -> None:
+        self.done += 1
+        self.failed += record["status"] != "done"
+        ran = self.done - self.skipped
+        left = self.total - self.done
+        eta = (time.time() - self.started) / ran * left if ran else 0.0
+        note = f" FAILED: {record['error'][:200]}" if record["status"] != "done" else ""
+        print(f"evaluate: {self.done}/{self.total} jobs done ({self.failed} failed), ETA {format_seconds(eta)}"
+              f" | {record['key']}{note}", file=self.stream, flush=True)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def evaluate(videos: list[dataset.Video], options: Options,
+             on_result: Callable[[dict, "Pool"], None] | None = None) -> dict:
+    """Runs every job not done yet; returns {"ran", "skipped", "failed", "seconds", "workers"}.
+    `on_result(record, pool)` is called after each job is written (the tests kill a worker from it)."""
+    out = options.out
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / ".tmp", ignore_errors=True)  # what an interrupted run was assembling
+    groups = plan(videos, options)
+    total = sum(len(group) for group in groups)
+    todo = [[job for job in group if not is_done(out, job, options.retry_failed)] for group in groups]
+    todo = [group for group in todo if group]
+    remaining = sum(len(group) for group in todo)
+    progress = Progress(total, total - remaining)
+    summary = {"ran": 0, "skipped": total - remaining, "failed": 0, "seconds": 0.0, "workers": 0}
+    if not todo:
+        print(f"evaluate: all {total} jobs are done already in {out}", file=sys.stderr)
+        return summary
+    started = time.time()
+    sources = {video.name + "\0" + video.split: video for video in videos}
+    pool = Pool(options, out)
+    try:
+        summary["workers"] = pool.start()
+        print(f"evaluate: {remaining} of {total} jobs to run on {summary['workers']} worker(s)", file=sys.stderr, flush=True)
+        queue = deque(todo)
+        while queue or pool.busy():
+            while queue and pool.idle_slot() is not None:
+                group = queue.popleft()
+                video = sources[group[0]["video"] + "\0" + group[0]["split"]]
+                try:
+                    source = pool.source(video)
+                except dataset.DatasetError as error:
+                    for job in group:
+                        record = write_job(out, failed(job, str(error)))
+                        summary["ran"] += 1
+                        summary["failed"] += 1
+                        progress.finished(record)
+                    continue
+                pool.submit(group, source)
+            for job, result in pool.wait():
+                if result is None or result["record"]["status"] == "lost":  # the worker died under it
+                    job["attempts"] += 1
+                    if job["attempts"] < MAX_ATTEMPTS:
+                        queue.appendleft([job])
+                        continue
+                    reason = result["record"]["error"] if result else "its worker died"
+                    result = failed(job, f"given up after {job['attempts']} workers died running it ({reason})")
+                result["record"]["attempts"] = job["attempts"] + 1
+                record = write_job(out, result)
+                summary["ran"] += 1
+                summary["failed"] += record["status"] != "done"
+                progress.finished(record)
+                if on_result:
+                    on_result(record, pool)
+            queue = merge_retries(queue)
+    finally:
+        pool.stop()
+        shutil.rmtree(out / ".tmp", ignore_errors=True)
+    summary["seconds"] = time.time() - started
+    return summary
+
+
+def merge_retries(queue: deque) -> deque:
+    """Jobs put back one by one after a worker died, joined again into their groups (one tune each)."""
+    merged: dict[tuple, list[dict]] = {}
+    for group in queue:
+        merged.setdefault((group[0]["split"], group[0]["video"], group[0]["save_name"]), []).extend(group)
+    return deque(merged.values())
+
+
+class Pool:
+    """The Ray workers: one per GPU (or CPU slot), each its own ComfyUI server; a dead one is replaced."""
+
+    def __init__(self, options: Options, out: pathlib.Path):
+        self.options = options
+        self.out = out
+        self.actors: list = []
+        self.running: dict = {}  # ObjectRef -> (slot, job)
+        self.generation = 0
+        self.started_ray = False
+        self.sources: dict = {}
+
+    def start(self) -> int:
+        import ray
+
+        env = {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+        if self.options.address:
+            ray.init(address=self.options.address, runtime_env={"env_vars": env}, include_dashboard=False,
+                     log_to_driver=False)
+        else:
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local Ray for this process alone
+            ray.init(runtime_env={"env_vars": env}, include_dashboard=False, log_to_driver=False,
+                     object_store_memory=512 * 1024 * 1024)
+        self.started_ray = True
+        resources = ray.cluster_resources()
+        self.gpu = resources.get("GPU", 0) >= 1
+        count = self.options.workers or (int(resources.get("GPU", 0)) or 1)
+        self.threads = 1 if self.gpu else max(int(resources.get("CPU", 1)) // count, 1)
+        self.run_id = hashlib.sha256(str(self.out.resolve()).encode()).hexdigest()[:8]
+        models = self.options.models or (REPO / ".host" / "base" / "models")
+        self.models = str(pathlib.Path(models).resolve())
+        self.actors = [self._new_actor(slot) for slot in range(count)]
+        ray.get([actor.identity.remote() for actor in self.actors])  # each server answers
+        return count
+
+    def _new_actor(self, slot: int):
+        import ray
+
+        from .worker import Worker
+
+        self.generation += 1
+        resources = {"num_gpus": 1} if self.gpu else {"num_cpus": self.threads}
+        slot_dir = REPO / ".host" / "eval" / f"{self.run_id}-{slot}.{self.generation}"
+        clip = str(self.options.clip.resolve()) if self.options.clip else None
+        return ray.remote(Worker).options(**resources, max_restarts=0).remote(
+            str(slot_dir), self.models, self.gpu, clip, self.threads)
+
+    def source(self, video: dataset.Video):
+        """The video's source as a Ray object (read once per video): (ref, file name, frame count)."""
+        import ray
+
+        key = (video.split, video.name)
+        if key not in self.sources:
+            data, suffix, frames = dataset.load_source(video.source)
+            digest = hashlib.sha256(data).hexdigest()[:16]
+            self.sources[key] = (ray.put(data), f"smoothvideo_eval_{digest}{suffix}", frames)
+        return self.sources[key]
+
+    def idle_slot(self) -> int | None:
+        busy = {slot for slot, _ in self.running.values()}
+        return next((slot for slot in range(len(self.actors)) if slot not in busy), None)
+
+    def busy(self) -> bool:
+        return bool(self.running)
+
+    def submit(self, group: list[dict], source) -> None:
+        ref, name, frames = source
+        slot = self.idle_slot()
+        for index, job in enumerate(group):
+            job = {**job, "source_file": name, "video_frames": frames,
+                   "forget_tune": index == len(group) - 1 and not self.options.keep_tunes}
+            self.running[self.actors[slot].run.remote(job, ref)] = (slot, job)
+
+    def wait(self) -> list[tuple[dict, dict | None]]:
+        """Blocks until a job ends; returns [(job, result)], result None for each job of a worker that died."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        ready, _ = ray.wait(list(self.running), num_returns=1)
+        finished = []
+        for ref in ready:
+            slot, job = self.running.pop(ref)
+            try:
+                finished.append((job, ray.get(ref)))
+            except RayActorError:
+                finished.extend(self._replace(slot, job))
+        return finished
+
+    def _replace(self, slot: int, job: dict) -> list[tuple[dict, None]]:
+        """The worker of `slot` died: all its unfinished jobs come back (None), and a new worker takes the slot."""
+        lost = [(job, None)]
+        for ref, (other_slot, other) in list(self.running.items()):
+            if other_slot == slot:
+                del self.running[ref]
+                lost.append((other, None))
+        print(f"evaluate: worker {slot} died; {len(lost)} job(s) go back to the queue", file=sys.stderr, flush=True)
+        self.actors[slot] = self._new_actor(slot)
+        return lost
+
+    def kill(self, slot: int) -> None:
+        """Kills a worker as a lost node would be (the tests' fault injection)."""
+        import ray
+
+        ray.kill(self.actors[slot])
+
+    def busy_slots(self) -> set[int]:
+        return {slot for slot, _ in self.running.values()}
+
+    def stop(self) -> None:
+        import ray
+
+        if not self.started_ray:
+            return
+        if not self.running:  # a finished run: the workers stop their servers and remove their folders
+            for actor in self.actors:
+                try:
+                    ray.get(actor.shutdown.remote(), timeout=60)
+                except Exception:  # a dead or hung worker; its server dies with it
+                    pass
+        for actor in self.actors:  # an interrupted run: killed at once, each server dies with its worker
+            ray.kill(actor)
+        ray.shutdown()
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGTERM stops a run as Ctrl-C does: the jobs written so far stay, nothing half-written."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
