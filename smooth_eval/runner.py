@@ -54,6 +54,11 @@ def job_key(arm: str, video: dataset.Video, edit: dataset.Edit) -> str:
     return f"{arm}/{video.split}/{video.name}/{dataset.safe_name(edit.name)}"
 
 
+def run_id(out: pathlib.Path) -> str:
+    """Names the workers' folders (.host/eval/<run_id>-<slot>.<generation>) of the run writing to `out`."""
+    return hashlib.sha256(str(pathlib.Path(out).resolve()).encode()).hexdigest()[:8]
+
+
 def job_folder(out: pathlib.Path, key: str) -> pathlib.Path:
     return out / key
 
@@ -170,8 +175,8 @@ def evaluate(videos: list[dataset.Video], options: Options,
                 try:
                     source = pool.source(video)
                 except dataset.DatasetError as error:
-                    for job in group:
-                        record = write_job(out, failed(job, str(error)))
+                    for job in group:  # the source could not be read here: one attempt, no worker
+                        record = write_job(out, failed({**job, "attempts": 1}, str(error)))
                         summary["ran"] += 1
                         summary["failed"] += 1
                         progress.finished(record)
@@ -185,7 +190,8 @@ def evaluate(videos: list[dataset.Video], options: Options,
                         continue
                     reason = result["record"]["error"] if result else "its worker died"
                     result = failed(job, f"given up after {job['attempts']} workers died running it ({reason})")
-                result["record"]["attempts"] = job["attempts"] + 1
+                else:
+                    result["record"]["attempts"] = job["attempts"] + 1
                 record = write_job(out, result)
                 summary["ran"] += 1
                 summary["failed"] += record["status"] != "done"
@@ -236,11 +242,11 @@ class Pool:
         self.gpu = resources.get("GPU", 0) >= 1
         count = self.options.workers or (int(resources.get("GPU", 0)) or 1)
         self.threads = 1 if self.gpu else max(int(resources.get("CPU", 1)) // count, 1)
-        self.run_id = hashlib.sha256(str(self.out.resolve()).encode()).hexdigest()[:8]
+        self.run_id = run_id(self.out)
         models = self.options.models or (REPO / ".host" / "base" / "models")
         self.models = str(pathlib.Path(models).resolve())
         self.actors = [self._new_actor(slot) for slot in range(count)]
-        ray.get([actor.identity.remote() for actor in self.actors])  # each server answers
+        self.identities = ray.get([actor.identity.remote() for actor in self.actors])  # each server answers
         return count
 
     def _new_actor(self, slot: int):
@@ -305,6 +311,7 @@ class Pool:
                 lost.append((other, None))
         print(f"evaluate: worker {slot} died; {len(lost)} job(s) go back to the queue", file=sys.stderr, flush=True)
         self.actors[slot] = self._new_actor(slot)
+        self.identities[slot] = None  # known when it answers
         return lost
 
     def kill(self, slot: int) -> None:

@@ -11,7 +11,6 @@ normalise), the CLIP towers run in float64, the cosines and pair sums as Python 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 
 import numpy as np
@@ -22,41 +21,12 @@ transformers = pytest.importorskip("transformers")
 from PIL import Image  # noqa: E402
 
 from smooth_core import loveu  # noqa: E402
-
-MEAN = [0.48145466, 0.4578275, 0.40821073]  # openai/clip-vit-large-patch14's preprocessor_config.json
-STD = [0.26862954, 0.26130258, 0.27577711]
-CROP = 224
+from tiny_clip import CROP, MEAN, STD, save_tiny_clip  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def clip_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_clip")
-    chars = [chr(c) for c in range(33, 127)]
-    vocab = {}
-    for token in chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]:
-        vocab[token] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-    image_processor = transformers.CLIPImageProcessor(
-        size={"shortest_edge": CROP}, crop_size={"height": CROP, "width": CROP}, image_mean=MEAN, image_std=STD
-    )
-    transformers.CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
-    config = transformers.CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=77,
-                         bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-                         pad_token_id=vocab["<|endoftext|>"]),
-        vision_config=dict(image_size=CROP, patch_size=32, hidden_size=32, intermediate_size=48,
-                           num_hidden_layers=2, num_attention_heads=2),
-        projection_dim=24,
-    )
-    torch.manual_seed(0)
-    model = transformers.CLIPModel(config)
-    with torch.no_grad():  # a logit scale other than exp(ln 100 - ...) so that CLIP-T's scale is tested
-        model.logit_scale.fill_(math.log(37.0))
-    model.save_pretrained(folder)
-    return folder
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"), logit_scale=37.0)
 
 
 @pytest.fixture(scope="module")
