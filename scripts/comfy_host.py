@@ -43,14 +43,12 @@ class ComfyServer:
     def __init__(self, host_dir: pathlib.Path = HOST, log_path: pathlib.Path | None = None,
                  extra_custom_nodes: tuple[pathlib.Path, ...] = (), extra_args: tuple[str, ...] = (),
                  extra_env: dict[str, str] | None = None, base: pathlib.Path | None = None,
-                 cpu: bool = True, die_with_parent: bool = False):
+                 cpu: bool = True):
         """`extra_custom_nodes`: more folders of custom nodes for this server only (the tests' probe).
         `extra_args`: more ComfyUI command-line options (e.g. --fp16-unet).
         `extra_env`: more environment variables for the server's process.
         `base`: another --base-directory than the host's (the batch evaluation gives each server its own).
-        `cpu`: False runs on the GPU the process sees (CUDA_VISIBLE_DEVICES) instead of --cpu.
-        `die_with_parent`: the server is killed when the thread that started it ends (Linux), so a
-        killed Ray actor leaves no server behind."""
+        `cpu`: False runs on the GPU the process sees (CUDA_VISIBLE_DEVICES) instead of --cpu."""
         self.host_dir = pathlib.Path(host_dir)
         self.python = self.host_dir / "venv" / "bin" / "python"
         self.comfy = self.host_dir / "ComfyUI"
@@ -68,7 +66,6 @@ class ComfyServer:
         self.extra_args = tuple(extra_args)
         self.extra_env = dict(extra_env or {})
         self.cpu = cpu
-        self.die_with_parent = die_with_parent
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -92,8 +89,7 @@ class ComfyServer:
             args += ["--extra-model-paths-config", str(config)]
         args += self.extra_args
         self._log = open(self.log_path, "w")
-        self.process = subprocess.Popen(args, cwd=self.comfy, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                        preexec_fn=kill_with_parent if self.die_with_parent else None)
+        self.process = subprocess.Popen(args, cwd=self.comfy, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.process.poll() is not None:
@@ -184,13 +180,6 @@ class ComfyServer:
 
     def interrupt(self) -> None:
         self.post("/interrupt", {})
-
-
-def kill_with_parent() -> None:
-    """In the child before exec: SIGKILL it when its parent thread ends (prctl PR_SET_PDEATHSIG)."""
-    import ctypes
-
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def execution_error(entry: dict) -> str:

@@ -4,8 +4,9 @@ The Ray actor's body (`runner` wraps it with `ray.remote`). The server gets a ba
 of its own (input, output, user, temp) whose `models` is the shared models folder, so tuned
 weights and tuning checkpoints in `models/smoothvideo/` are seen by every worker on the machine:
 a tune cut short when a worker died resumes from its checkpoint on the next. The server runs on
-the GPU Ray gave the actor (CUDA_VISIBLE_DEVICES), or with --cpu on a machine without one, and
-dies with the actor.
+the GPU Ray gave the actor (CUDA_VISIBLE_DEVICES), or with --cpu on a machine without one. Ray
+kills a worker's child processes when the worker ends or is killed, so the server goes with it
+(tests/integration/test_evaluate.py kills a worker and finds its server gone).
 
 Consecutive jobs of one video and tune differ only in the edit prompt (and the sampler), so
 ComfyUI's execution cache keeps the tune and the inversion between them; each record says
@@ -51,7 +52,7 @@ class Worker:
             self.clip = loveu.LoveuClip(clip_folder, device="cuda" if gpu else "cpu")
 
     def _start_server(self) -> ComfyServer:
-        server = ComfyServer(HOST, base=self.dir, cpu=not self.gpu, die_with_parent=True,
+        server = ComfyServer(HOST, base=self.dir, cpu=not self.gpu,
                              log_path=self.dir / "comfyui.log",
                              extra_env={"OMP_NUM_THREADS": str(self.threads)})
         return server.start()
