@@ -41,6 +41,12 @@ def per_video(rows: list[dict], arm: str, metric: str, split: str | None = None)
     return {video: sum(v) / len(v) for video, v in values.items()}
 
 
+def paired(rows: list[dict], arm: str, reference: str, metric: str) -> list[float]:
+    """Per video, the arm's score minus the reference arm's, over the videos both finished."""
+    mine, theirs = per_video(rows, arm, metric), per_video(rows, reference, metric)
+    return [mine[video] - theirs[video] for video in sorted(set(mine) & set(theirs))]
+
+
 def mean_interval(values: list[float]) -> tuple[float, float]:
     """The mean and the half-width of its 95% interval (Student's t, n - 1 degrees of freedom; nan for n < 2)."""
     from scipy import stats
@@ -85,6 +91,19 @@ def summary_table(rows: list[dict], arm_names: tuple[str, ...], clip: bool) -> s
             done = sum(row["status"] == "done" for row in arm_rows)
             bad = sum(row["status"] == "failed" for row in arm_rows)
             lines.append(f"| {arms.ARMS[name].label} (`{name}`) | " + " | ".join(cells) + f" | {done}/{len(arm_rows)} | {bad} |")
+        lines.append("")
+    reference, others = arm_names[0], arm_names[1:]
+    if others:
+        lines += [f"## Paired differences against {arms.ARMS[reference].label} (`{reference}`)", "",
+                  "Arm minus reference, per video (over the videos both finished), mean ± 95% interval: "
+                  "the between-video spread cancels out.", "",
+                  "| arm | " + " | ".join(f"Δ {label}" for _, label in metrics) + " | VL score higher in |",
+                  "| --- | " + " | ".join("---" for _ in metrics) + " | --- |"]
+        for name in others:
+            cells = [cell(paired(rows, name, reference, metric), 2 if metric != "vl_score" else 4) for metric, _ in metrics]
+            vl = paired(rows, name, reference, "vl_score")
+            lines.append(f"| {arms.ARMS[name].label} (`{name}`) | " + " | ".join(cells)
+                         + f" | {sum(d > 0 for d in vl)}/{len(vl)} videos |")
         lines.append("")
     failures = [row for row in rows if row["status"] == "failed"]
     if failures:

@@ -200,3 +200,7 @@ def test_mean_and_95_percent_interval_by_hand():
     rows += [{"arm": "a", "status": "done", "split": "s", "video": "v2", "vl_score": 0.9},
              {"arm": "a", "status": "failed", "split": "s", "video": "v2", "vl_score": ""}]
     assert report.per_video(rows, "a", "vl_score") == pytest.approx({("s", "v1"): 0.3, ("s", "v2"): 0.9})
+    # paired: per video, the arm minus the reference, over the videos both finished (v3: the reference only)
+    rows += [{"arm": "r", "status": "done", "split": "s", "video": v, "vl_score": x}
+             for v, x in (("v1", 0.25), ("v2", 0.5), ("v3", 0.1))]
+    assert report.paired(rows, "a", "r", "vl_score") == pytest.approx([0.05, 0.4])
