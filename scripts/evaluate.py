@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     runner.interrupt_on_sigterm()
     try:
         summary = runner.evaluate(videos, settings)
+    except runner.EvaluationError as error:
+        print(f"evaluate: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"evaluate: interrupted; the finished jobs are kept in {settings.out}: run the same command to go on",
               file=sys.stderr)

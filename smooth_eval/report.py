@@ -13,6 +13,7 @@ import html
 import json
 import math
 import pathlib
+import urllib.parse
 
 from . import arms, runner
 
@@ -189,7 +190,8 @@ def html_page(rows: list[dict], arm_names: tuple[str, ...]) -> str:
         first = next(iter(arm_rows.values()))
         parts.append(f"<h2>{html.escape(split)} / {html.escape(video)} / {html.escape(edit)}</h2>"
                      f"<p>{html.escape(str(first['source_prompt']))} → <b>{html.escape(str(first['edit_prompt']))}</b></p><table><tr>")
-        parts.append(f"<td>source<video src='sources/{html.escape(split)}/{html.escape(video)}.mp4' controls loop muted autoplay></video></td>")
+        source = urllib.parse.quote(f"sources/{split}/{video}.mp4")
+        parts.append(f"<td>source<video src='{source}' controls loop muted autoplay></video></td>")
         for name in arm_names:
             row = arm_rows.get(name)
             if row is None:
@@ -198,7 +200,8 @@ def html_page(rows: list[dict], arm_names: tuple[str, ...]) -> str:
             if row["status"] == "done":
                 scores = " · ".join(f"{label} {float(row[m]):.{4 if m == 'vl_score' else 2}f}"
                                     for m, label in METRICS if row[m] != "")
-                parts.append(f"<td>{head}<video src='{html.escape(row['key'])}/video.mp4' controls loop muted autoplay></video>{scores}</td>")
+                src = urllib.parse.quote(f"{row['key']}/video.mp4")
+                parts.append(f"<td>{head}<video src='{src}' controls loop muted autoplay></video>{scores}</td>")
             else:
                 parts.append(f"<td>{head}<div class='failed'>{html.escape(row['status'])}: {html.escape(str(row['error'])[:400])}</div></td>")
         parts.append("</tr></table>")

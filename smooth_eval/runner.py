@@ -26,13 +26,18 @@ import signal
 import sys
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Callable
 
 from . import arms, dataset
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MAX_ATTEMPTS = 3
+SOURCES_KEPT = 4
+
+
+class EvaluationError(RuntimeError):
+    """The evaluation cannot go on (a worker cannot start its server): the message says why."""
 RECORD = "record.json"
 
 
@@ -224,7 +229,7 @@ class Pool:
         self.running: dict = {}  # ObjectRef -> (slot, job)
         self.generation = 0
         self.started_ray = False
-        self.sources: dict = {}
+        self.sources: OrderedDict = OrderedDict()
 
     def start(self) -> int:
         import ray
@@ -246,7 +251,11 @@ class Pool:
         models = self.options.models or (REPO / ".host" / "base" / "models")
         self.models = str(pathlib.Path(models).resolve())
         self.actors = [self._new_actor(slot) for slot in range(count)]
-        self.identities = ray.get([actor.identity.remote() for actor in self.actors])  # each server answers
+        try:
+            self.identities = ray.get([actor.identity.remote() for actor in self.actors])  # each server answers
+        except ray.exceptions.RayActorError as error:
+            raise EvaluationError(f"a worker could not start its ComfyUI server (its log is in "
+                                  f"{REPO / '.host' / 'eval'}/{self.run_id}-*/comfyui.log): {error}") from None
         return count
 
     def _new_actor(self, slot: int):
@@ -262,14 +271,20 @@ class Pool:
             str(slot_dir), self.models, self.gpu, clip, self.threads)
 
     def source(self, video: dataset.Video):
-        """The video's source as a Ray object (read once per video): (ref, file name, frame count)."""
+        """The video's source as a Ray object: (ref, file name, frame count). The last few videos' are
+        kept (an arm and the next share a video); older ones are read again if needed, so the object
+        store holds a few videos, not the dataset (a 128-frame LOVEU clip is tens of MB)."""
         import ray
 
         key = (video.split, video.name)
-        if key not in self.sources:
+        if key in self.sources:
+            self.sources.move_to_end(key)
+        else:
             data, suffix, frames = dataset.load_source(video.source)
             digest = hashlib.sha256(data).hexdigest()[:16]
             self.sources[key] = (ray.put(data), f"smoothvideo_eval_{digest}{suffix}", frames)
+            while len(self.sources) > SOURCES_KEPT:
+                self.sources.popitem(last=False)
         return self.sources[key]
 
     def idle_slot(self) -> int | None:
