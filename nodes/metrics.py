@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import os
+
 import av
+import numpy as np
 import torch
 from comfy_api.latest import io
 
 import comfy.model_management
 import comfy.utils
+import folder_paths
 
-from ..smooth_core import metrics
+from ..smooth_core import loveu, metrics
 from ..smooth_core.video import crop_to_multiple, select_frames
 from .common import CATEGORY, NODE_PREFIX, Progress
 
 NOT_COMPUTED = -1.0
+# transformers CLIP folders (config.json, weights, tokenizer, preprocessor) for CLIP-T and CLIP-F as
+# the LOVEU-TGVE-2023 benchmark computes them: ComfyUI/models/smoothvideo_clip/<folder>/
+folder_paths.add_model_folder_path("smoothvideo_clip", os.path.join(folder_paths.models_dir, "smoothvideo_clip"))
+LoveuClipType = io.Custom("SMOOTHVIDEO_LOVEU_CLIP")
 # Peak memory of ComfyUI's SD VAE encoder on a CPU for one float32 frame of P pixels: about
 # A * P + B * P**2 bytes (the mid-block attention over the P / 64 latent positions grows with P**2).
 # Measured (peak RSS growth, torch 2.14, 2-core x86-64): 0.62, 2.89, 7.10, 13.46 GiB at 256, 512,
@@ -75,7 +83,9 @@ class VLScore(io.ComfyNode):
                 "Video latent score (SmoothVideo Eq. 6): each frame's VAE latent is compared with the "
                 "previous frame's by cosine similarity over a sliding window, best offset kept, averaged "
                 "over adjacent pairs. Higher is smoother; shuffling frames lowers it. Optionally also the "
-                "CLIP frame consistency (CLIP-F) and text alignment (CLIP-T) scores."
+                "CLIP frame consistency (CLIP-F) and text alignment (CLIP-T) scores: as the LOVEU-TGVE-2023 "
+                "benchmark computes them with loveu_clip (Load CLIP (LOVEU metrics)), or with a CLIP vision model and "
+                "a CLIP text encoder."
             ),
             inputs=[
                 io.Vae.Input("vae", tooltip="The VAE whose latents are compared (the video's SD VAE)."),
@@ -95,19 +105,31 @@ class VLScore(io.ComfyNode):
                 ),
                 io.Clip.Input(
                     "clip", optional=True,
-                    tooltip="Optional CLIP text encoder matching clip_vision (with its text projection), for CLIP-T.",
+                    tooltip="Optional CLIP text encoder matching clip_vision (with its trained text projection), for CLIP-T. "
+                    "An SD1.x checkpoint's CLIP (clip_l) is refused: it holds no text projection; use loveu_clip instead.",
                 ),
                 io.String.Input("text", optional=True, default="", tooltip="The edit prompt, for CLIP-T."),
+                LoveuClipType.Input(
+                    "loveu_clip", optional=True,
+                    tooltip="Optional CLIP from Load CLIP (LOVEU metrics), instead of clip_vision and clip: CLIP-F, and "
+                    "CLIP-T with text, as the LOVEU-TGVE-2023 benchmark computes them (frames at 480x480, the CLIP processor).",
+                ),
             ],
             outputs=[
                 io.Float.Output(display_name="vl_score", tooltip="VL score, in [-1, 1]; 1 = every frame a shifted copy of the previous."),
-                io.Float.Output(display_name="clip_frame", tooltip="CLIP-F: mean cosine over all frame pairs; -1 when clip_vision is not given."),
-                io.Float.Output(display_name="clip_text", tooltip="CLIP-T: mean 100*cos(frame, text); -1 unless clip_vision, clip and text are given."),
+                io.Float.Output(display_name="clip_frame", tooltip="CLIP-F: mean cosine over all frame pairs; -1 unless loveu_clip or clip_vision is given."),
+                io.Float.Output(display_name="clip_text", tooltip="CLIP-T: mean over the frames of the model's logit scale times cos(frame, text) with loveu_clip (as the benchmark), of 100*cos with clip_vision and clip; -1 unless text is given with one of them."),
             ],
         )
 
     @classmethod
-    def execute(cls, vae, images, k, chunk_size=16, clip_vision=None, clip=None, text="") -> io.NodeOutput:
+    def execute(cls, vae, images, k, chunk_size=16, clip_vision=None, clip=None, text="", loveu_clip=None) -> io.NodeOutput:
+        if loveu_clip is not None and (clip_vision is not None or clip is not None):
+            raise ValueError(
+                "VL Score: connect loveu_clip, or clip_vision (and clip), not both: each computes CLIP-F and CLIP-T"
+            )
+        if clip is not None and text.strip():
+            require_text_projection(clip)
         frames = images.shape[0]
         if frames < 2:
             raise ValueError(f"VL Score needs at least 2 frames, got {frames}: connect a video's frames, not a single image")
@@ -123,7 +145,14 @@ class VLScore(io.ComfyNode):
         latents = encode_latents(vae, images, per_encode, progress)
         vl = float(metrics.vl_score(latents, k=k))
         clip_f = clip_t = NOT_COMPUTED
-        if clip_vision is not None:
+        if loveu_clip is not None:
+            # the frames as the pictures SaveImage would write (8 bits, truncated), then the benchmark's resize
+            pictures = loveu.frames_from_arrays(np.clip(255.0 * images[..., :3].cpu().numpy(), 0, 255).astype(np.uint8))
+            features = loveu_clip.image_features(pictures)
+            clip_f = loveu_clip.clip_frame(pictures, features)
+            if text.strip():
+                clip_t = loveu_clip.clip_text(pictures, text, features)
+        elif clip_vision is not None:
             embeds = []
             for start in range(0, frames, chunk_size):
                 embeds.append(clip_vision.encode_image(images[start : start + chunk_size]).image_embeds.float().cpu())
@@ -218,4 +247,61 @@ class SelectVideoFrames(io.ComfyNode):
             frames = comfy.utils.common_upscale(frames.movedim(-1, 1), target_w, target_h, "bilinear", "center").movedim(1, -1)
         return io.NodeOutput(crop_to_multiple(frames, 8))
 
-NODES = [VLScore, SelectVideoFrames]
+def require_text_projection(clip) -> None:
+    """CLIP-T needs the text encoder's trained projection into CLIP's joint space. SD1.x's clip_l
+    from a checkpoint has none: the checkpoint does not hold it, ComfyUI loads without it and
+    leaves the layer as allocated (zeros or stale memory). A clip_l loaded on its own with its
+    projection is the same object with other values, so neither can be told apart: both are refused."""
+    if getattr(clip.cond_stage_model, "clip", None) == "clip_l":
+        raise ValueError(
+            "VL Score: CLIP-T with this CLIP would be meaningless: its text encoder is SD1.x's clip_l, whose text "
+            "projection an SD1.x checkpoint does not hold (ComfyUI leaves that layer unset, and a clip_l loaded on its "
+            "own cannot be told apart from it). For CLIP-T and CLIP-F as the LOVEU-TGVE-2023 benchmark computes them, "
+            "put a transformers CLIP folder (openai/clip-vit-large-patch14) in models/smoothvideo_clip/, load it with "
+            "Load CLIP (LOVEU metrics) and connect it to loveu_clip instead of clip_vision and clip; or clear text "
+            "for CLIP-F alone"
+        )
+
+
+def loveu_clip_folders() -> list[str]:
+    """The folders of models/smoothvideo_clip/ that hold a transformers model (config.json)."""
+    names = set()
+    for root in folder_paths.get_folder_paths("smoothvideo_clip"):
+        if os.path.isdir(root):
+            names.update(n for n in os.listdir(root) if os.path.isfile(os.path.join(root, n, "config.json")))
+    return sorted(names)
+
+
+class LoadLoveuClip(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=NODE_PREFIX + "LoadLoveuClip",
+            display_name="Load CLIP (LOVEU metrics)",
+            category=CATEGORY,
+            description=(
+                "Loads a transformers CLIP model (CLIPModel and its processor) from a folder in "
+                "models/smoothvideo_clip/, for VL Score's CLIP-T and CLIP-F exactly as the LOVEU-TGVE-2023 "
+                "benchmark computes them. The benchmark uses openai/clip-vit-large-patch14; nothing is downloaded."
+            ),
+            inputs=[
+                io.Combo.Input(
+                    "folder", options=loveu_clip_folders(),
+                    tooltip="A folder in models/smoothvideo_clip/ holding a transformers CLIP model: config.json, "
+                    "the weights, the tokenizer files and preprocessor_config.json (as save_pretrained or a "
+                    "Hugging Face snapshot writes them).",
+                ),
+            ],
+            outputs=[LoveuClipType.Output(display_name="loveu_clip", tooltip="For VL Score's loveu_clip input.")],
+        )
+
+    @classmethod
+    def execute(cls, folder) -> io.NodeOutput:
+        path = next((os.path.join(root, folder) for root in folder_paths.get_folder_paths("smoothvideo_clip")
+                     if os.path.isfile(os.path.join(root, folder, "config.json"))), None)
+        if path is None:
+            raise ValueError(f"Load CLIP (LOVEU metrics): no folder {folder!r} with a config.json in models/smoothvideo_clip/")
+        return io.NodeOutput(loveu.LoveuClip(path, device=str(comfy.model_management.get_torch_device())))
+
+
+NODES = [VLScore, SelectVideoFrames, LoadLoveuClip]

@@ -93,6 +93,13 @@ def read_frames(folder: str | pathlib.Path) -> list:
     return frames
 
 
+def frames_from_arrays(arrays) -> list:
+    """Frames given as uint8 HxWx3 arrays, resized as `read_frames` resizes the benchmark's JPGs."""
+    from PIL import Image
+
+    return [Image.fromarray(array).resize(SIZE) for array in arrays]
+
+
 def write_frames(images, folder: str | pathlib.Path) -> list[pathlib.Path]:
     """Write frames (uint8 HxWx3 arrays or PIL images) as 00000.jpg, 00001.jpg, ... (the submission layout)."""
     from PIL import Image

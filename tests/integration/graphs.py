@@ -14,7 +14,7 @@ PACK_NODES = {
     "SmoothVideo_VLScore", "SmoothVideo_SelectVideoFrames", "SmoothVideo_SmoothNoiseSampler",
     "SmoothVideo_SameNoiseForAllFrames", "SmoothVideo_InflateUNet", "SmoothVideo_CrossFrameAttention",
     "SmoothVideo_DDIMInvertVideo", "SmoothVideo_OneShotTune", "SmoothVideo_LoadTunedVideoWeights",
-    "SmoothVideo_SmoothNoise", "SmoothVideo_InflateControlVideo",
+    "SmoothVideo_SmoothNoise", "SmoothVideo_InflateControlVideo", "SmoothVideo_LoadLoveuClip",
 }
 
 

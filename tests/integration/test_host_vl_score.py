@@ -90,3 +90,63 @@ def test_workflows_are_listed_as_templates(server):
     assert "vl_score" in templates["ComfyUI-SmoothVideo"]
     served = server.get("/api/workflow_templates/ComfyUI-SmoothVideo/vl_score.json")
     assert {n["type"] for n in served["nodes"]} >= {"LoadVideo", "SmoothVideo_VLScore"}
+
+
+def test_clip_t_with_an_sd1_checkpoints_clip_is_refused(server, sample_video):
+    """The checkpoint holds no text projection for clip_l: CLIP-T from it would be meaningless."""
+    prompt = vl_prompt(sample_video[0], count=4)
+    prompt["5"]["inputs"].update(clip=["4", 1], text="a yellow ball")
+    with pytest.raises(ComfyError, match="CLIP-T with this CLIP would be meaningless: its text encoder is SD1.x's clip_l"):
+        server.run(prompt)
+    prompt["5"]["inputs"]["text"] = ""  # no CLIP-T asked: nothing to refuse
+    assert node_output(server.run(prompt), "5")["clip_text"] == [-1.0]
+
+
+@pytest.fixture(scope="module")
+def loveu_clip_folder(server):
+    """A tiny random transformers CLIP in this host's models/smoothvideo_clip/."""
+    from tiny_clip import save_tiny_clip
+
+    folder = server.base / "models" / "smoothvideo_clip" / "tiny_test_clip"
+    if not (folder / "config.json").exists():
+        save_tiny_clip(folder)
+    return folder
+
+
+def benchmark_scores(folder, paths, prompt):
+    """showlab/loveu-tgve-2023 scripts/run_eval.py's clip_score_text and clip_score_frame, step by step,
+    on the frame files `paths` (CLIPModel and AutoProcessor from `folder`)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from transformers import AutoProcessor, CLIPModel
+
+    model, processor = CLIPModel.from_pretrained(folder), AutoProcessor.from_pretrained(folder)
+    frames = [Image.open(x) for x in sorted(paths)]
+    frames = [i.resize((480, 480)) for i in frames]
+    inputs = processor(text=[prompt], images=frames, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        clip_t = model(**inputs).logits_per_image.detach().cpu().numpy().mean()
+        features = model.get_image_features(**processor(images=frames, return_tensors="pt")).numpy().astype(np.float64)
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, 0)
+    return float(clip_t), float(similarity.sum() / (len(frames) * (len(frames) - 1)))
+
+
+def test_loveu_clip_scores_are_the_benchmarks(server, sample_video, loveu_clip_folder):
+    prompt = vl_prompt(sample_video[0], count=5)
+    prompt["6"] = {"class_type": "SmoothVideo_LoadLoveuClip", "inputs": {"folder": loveu_clip_folder.name}}
+    prompt["5"]["inputs"].update(loveu_clip=["6", 0], text="a yellow ball rolling")
+    prompt["7"] = {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "test/loveu_frames"}}
+    entry = server.run(prompt)
+    ui = node_output(entry, "5")
+    paths = [server.base / "output" / i["subfolder"] / i["filename"] for i in node_output(entry, "7")["images"]]
+    assert len(paths) == 5  # the node's frames, as SaveImage writes them (8 bits)
+    clip_t, clip_f = benchmark_scores(loveu_clip_folder, paths, "a yellow ball rolling")
+    assert ui["clip_text"][0] == pytest.approx(clip_t, abs=1e-4 * 37)  # the tiny model's logit scale is 37
+    assert ui["clip_frame"][0] == pytest.approx(clip_f, abs=1e-6)
+    assert abs(clip_f) < 0.9999 and abs(clip_t) > 1e-3  # the frames differ and the text counts: not constants
+    prompt["5"]["inputs"]["clip"] = ["4", 1]
+    with pytest.raises(ComfyError, match="connect loveu_clip, or clip_vision \\(and clip\\), not both"):
+        server.run(prompt)
