@@ -187,6 +187,8 @@ def evaluate(videos: list[dataset.Video], options: Options,
                         progress.finished(record)
                     continue
                 pool.submit(group, source)
+            if not pool.busy():  # the last groups' sources could not be read: nothing is running
+                continue
             for job, result in pool.wait():
                 if result is None or result["record"]["status"] == "lost":  # the worker died under it
                     job["attempts"] += 1
