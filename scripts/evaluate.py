@@ -50,6 +50,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("give --videos and --prompts, or --sample")
     if not options.sample and not (options.videos and options.prompts):
         parser.error("--videos and --prompts go together")
+    options.arms = ",".join(dict.fromkeys(name.strip() for name in options.arms.split(",")))  # once each, in order
     unknown = [name for name in options.arms.split(",") if name not in arms.ARMS]
     if unknown or not options.arms:
         parser.error(f"unknown arm(s) {', '.join(unknown)}: choose from {', '.join(arms.ARMS)}")
@@ -79,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint=options.checkpoint, clip=options.clip, workers=options.workers, address=options.address,
         models=options.models, retry_failed=options.retry_failed, keep_tunes=options.keep_tunes,
     )
-    runner.interrupt_on_sigterm()
     try:
         summary = runner.evaluate(videos, settings)
     except runner.EvaluationError as error:

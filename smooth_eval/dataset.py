@@ -101,6 +101,8 @@ def _loveu(rows: list[dict], videos: pathlib.Path, path: pathlib.Path) -> list[V
         missing = [edit.name for edit in edits if not edit.prompt]
         if missing:
             raise DatasetError(f"{path} line {number}: {name!r} has no {', '.join(missing)} caption")
+        if any(video.name == name for video in found):
+            raise DatasetError(f"{path} line {number}: {name!r} is listed twice")
         source = existing[0]
         found.append(Video(name, source.parents[1].name, source, (row.get(LOVEU_SOURCE) or "").strip(), edits))
     return found
@@ -118,7 +120,7 @@ def _simple(rows: list[dict], videos: pathlib.Path, path: pathlib.Path) -> list[
         source = videos / values["video"]
         if not source.exists():
             raise DatasetError(f"{path} line {number}: {source} does not exist (video is relative to --videos {videos})")
-        split = values["split"] or "custom"
+        split = safe_name(values["split"]) if values["split"] else "custom"
         entry = grouped.setdefault((split, values["video"]), {"source": source, "prompt": values["source_prompt"], "edits": []})
         if entry["prompt"] != values["source_prompt"]:
             raise DatasetError(f"{path} line {number}: {values['video']} has two source prompts; give it one")

@@ -43,9 +43,16 @@ def per_video(rows: list[dict], arm: str, metric: str, split: str | None = None)
 
 
 def paired(rows: list[dict], arm: str, reference: str, metric: str) -> list[float]:
-    """Per video, the arm's score minus the reference arm's, over the videos both finished."""
-    mine, theirs = per_video(rows, arm, metric), per_video(rows, reference, metric)
-    return [mine[video] - theirs[video] for video in sorted(set(mine) & set(theirs))]
+    """Per video, the mean over its edits that both arms finished of the arm's score minus the reference's."""
+    def scores(name):
+        return {(row["split"], row["video"], row["edit"]): float(row[metric]) for row in rows
+                if row["arm"] == name and row["status"] == "done" and row[metric] != ""}
+
+    mine, theirs = scores(arm), scores(reference)
+    by_video: dict[tuple, list[float]] = {}
+    for edit in sorted(set(mine) & set(theirs)):
+        by_video.setdefault(edit[:2], []).append(mine[edit] - theirs[edit])
+    return [sum(d) / len(d) for d in by_video.values()]
 
 
 def mean_interval(values: list[float]) -> tuple[float, float]:
@@ -96,8 +103,8 @@ def summary_table(rows: list[dict], arm_names: tuple[str, ...], clip: bool) -> s
     reference, others = arm_names[0], arm_names[1:]
     if others:
         lines += [f"## Paired differences against {arms.ARMS[reference].label} (`{reference}`)", "",
-                  "Arm minus reference, per video (over the videos both finished), mean ± 95% interval: "
-                  "the between-video spread cancels out.", "",
+                  "Arm minus reference on the same edits (those both finished), averaged per video; mean ± 95% "
+                  "interval over videos: the between-video spread cancels out.", "",
                   "| arm | " + " | ".join(f"Δ {label}" for _, label in metrics) + " | VL score higher in |",
                   "| --- | " + " | ".join("---" for _ in metrics) + " | --- |"]
         for name in others:

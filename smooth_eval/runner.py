@@ -9,9 +9,10 @@ Every finished job is written by this process under `out/<arm>/<split>/<video>/<
 frames as LOVEU submission JPGs (so `out/<arm>/` is a submission the benchmark's script reads),
 `video.mp4`, `loss.png` and `record.json`. The folder is assembled under `out/.tmp/` and renamed
 into place whole, so it exists complete or not at all; a job is done when its folder exists.
-A re-run skips done jobs (failed ones too, unless --retry-failed). A worker that dies (killed,
-its node lost, its server crashed) has its unfinished jobs put back at the front of the queue
-for another worker; a job is given up after MAX_ATTEMPTS workers died under it.
+A re-run skips done jobs (failed ones too, unless --retry-failed); `out/run.json` holds the
+settings and checkpoint, and a re-run with others is refused. A worker that dies (killed, its
+node lost) has its unfinished jobs put back at the front of the queue for another worker; a job
+is given up after MAX_ATTEMPTS workers died running it. A worker whose server dies restarts it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from . import arms, dataset
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MAX_ATTEMPTS = 3
 SOURCES_KEPT = 4
+WORKER_START_TIMEOUT = 900  # seconds for a worker's ComfyUI server to answer
+NOT_STARTED = {"not started": True}  # Pool.wait's mark of a job a dead worker had not begun
 
 
 class EvaluationError(RuntimeError):
@@ -77,7 +80,7 @@ def plan(videos: list[dataset.Video], options: Options) -> list[list[dict]]:
                 arm = arms.ARMS[name]
                 tune_id = hashlib.sha256(json.dumps(
                     [video.split, video.name, str(video.source), video.source_prompt, arm.tune_key, options.settings,
-                     options.checkpoint]).encode()).hexdigest()[:12]
+                     options.checkpoint, str(pathlib.Path(options.out).resolve())]).encode()).hexdigest()[:12]
                 groups.setdefault((video.split, video.name, arm.tune_key), []).append({
                     "key": job_key(name, video, edit), "arm": name, "split": video.split, "video": video.name,
                     "edit": dataset.safe_name(edit.name), "source_prompt": video.source_prompt, "edit_prompt": edit.prompt,
@@ -88,10 +91,30 @@ def plan(videos: list[dataset.Video], options: Options) -> list[list[dict]]:
 
 
 def is_done(out: pathlib.Path, job: dict, retry_failed: bool) -> bool:
+    """The job has a folder from a run of the same prompts (and, with retry_failed, it succeeded)."""
     path = job_folder(out, job["key"]) / RECORD
     if not path.exists():
         return False
-    return not (retry_failed and json.loads(path.read_text()).get("status") != "done")
+    record = json.loads(path.read_text())
+    if (record.get("source_prompt"), record.get("edit_prompt")) != (job["source_prompt"], job["edit_prompt"]):
+        return False  # the prompt table changed: this folder is of another edit
+    return not (retry_failed and record.get("status") != "done")
+
+
+def check_run(out: pathlib.Path, options: Options) -> None:
+    """Writes out/run.json on the first run; refuses a re-run whose settings or checkpoint differ
+    from it (its done jobs would be skipped and reported under the new settings)."""
+    path = out / "run.json"
+    described = {"settings": options.settings, "checkpoint": options.checkpoint}
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = [f"{key} {before.get(key)!r} (now {value!r})" for key, value in described.items() if before.get(key) != value]
+        if changed:
+            raise EvaluationError(f"{out} holds a run with {', '.join(changed)}: give another --out, or the same settings")
+        return
+    temporary = out / ".run.json.tmp"
+    temporary.write_text(json.dumps(described, indent=2) + "\n")
+    temporary.replace(path)
 
 
 def write_job(out: pathlib.Path, result: dict) -> dict:
@@ -156,6 +179,7 @@ def evaluate(videos: list[dataset.Video], options: Options,
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / ".tmp", ignore_errors=True)  # what an interrupted run was assembling
+    check_run(out, options)
     groups = plan(videos, options)
     total = sum(len(group) for group in groups)
     todo = [[job for job in group if not is_done(out, job, options.retry_failed)] for group in groups]
@@ -169,8 +193,10 @@ def evaluate(videos: list[dataset.Video], options: Options,
     started = time.time()
     sources = {video.name + "\0" + video.split: video for video in videos}
     pool = Pool(options, out)
+    previous_handler = None
     try:
         summary["workers"] = pool.start()
+        previous_handler = interrupt_on_sigterm()  # after ray.init, which installs its own SIGTERM handler
         print(f"evaluate: {remaining} of {total} jobs to run on {summary['workers']} worker(s)", file=sys.stderr, flush=True)
         queue = deque(todo)
         while queue or pool.busy():
@@ -189,14 +215,17 @@ def evaluate(videos: list[dataset.Video], options: Options,
                 pool.submit(group, source)
             if not pool.busy():  # the last groups' sources could not be read: nothing is running
                 continue
+            retry = []
             for job, result in pool.wait():
-                if result is None or result["record"]["status"] == "lost":  # the worker died under it
+                if result is NOT_STARTED:  # queued behind the job of a worker that died
+                    retry.append(job)
+                    continue
+                if result is None:  # the worker died running it
                     job["attempts"] += 1
                     if job["attempts"] < MAX_ATTEMPTS:
-                        queue.appendleft([job])
+                        retry.append(job)
                         continue
-                    reason = result["record"]["error"] if result else "its worker died"
-                    result = failed(job, f"given up after {job['attempts']} workers died running it ({reason})")
+                    result = failed(job, f"given up after {job['attempts']} workers died running it")
                 else:
                     result["record"]["attempts"] = job["attempts"] + 1
                 record = write_job(out, result)
@@ -205,10 +234,13 @@ def evaluate(videos: list[dataset.Video], options: Options,
                 progress.finished(record)
                 if on_result:
                     on_result(record, pool)
+            queue.extendleft([job] for job in reversed(retry))  # at the front, in their order
             queue = merge_retries(queue)
     finally:
         pool.stop()
         shutil.rmtree(out / ".tmp", ignore_errors=True)
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
     summary["seconds"] = time.time() - started
     return summary
 
@@ -228,7 +260,8 @@ class Pool:
         self.options = options
         self.out = out
         self.actors: list = []
-        self.running: dict = {}  # ObjectRef -> (slot, job)
+        self.running: dict = {}  # ObjectRef -> (slot, job, submission order)
+        self.submitted = 0
         self.generation = 0
         self.started_ray = False
         self.sources: OrderedDict = OrderedDict()
@@ -242,19 +275,25 @@ class Pool:
                      log_to_driver=False)
         else:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local Ray for this process alone
-            ray.init(runtime_env={"env_vars": env}, include_dashboard=False, log_to_driver=False,
+            ray.init(address="local", runtime_env={"env_vars": env}, include_dashboard=False, log_to_driver=False,
                      object_store_memory=512 * 1024 * 1024)
         self.started_ray = True
         resources = ray.cluster_resources()
         self.gpu = resources.get("GPU", 0) >= 1
         count = self.options.workers or (int(resources.get("GPU", 0)) or 1)
+        kind, available = ("GPU", int(resources.get("GPU", 0))) if self.gpu else ("CPU", int(resources.get("CPU", 1)))
+        if count > available:
+            raise EvaluationError(f"--workers {count}: Ray has {available} {kind}(s) for one worker each; give --workers {available} or fewer")
         self.threads = 1 if self.gpu else max(int(resources.get("CPU", 1)) // count, 1)
         self.run_id = run_id(self.out)
         models = self.options.models or (REPO / ".host" / "base" / "models")
         self.models = str(pathlib.Path(models).resolve())
         self.actors = [self._new_actor(slot) for slot in range(count)]
         try:
-            self.identities = ray.get([actor.identity.remote() for actor in self.actors])  # each server answers
+            self.identities = ray.get([actor.identity.remote() for actor in self.actors], timeout=WORKER_START_TIMEOUT)
+        except ray.exceptions.GetTimeoutError:
+            raise EvaluationError(f"the workers did not start within {WORKER_START_TIMEOUT} s: see `ray status` for "
+                                  "resources Ray cannot give them") from None
         except ray.exceptions.RayActorError as error:
             raise EvaluationError(f"a worker could not start its ComfyUI server (its log is in "
                                   f"{REPO / '.host' / 'eval'}/{self.run_id}-*/comfyui.log): {error}") from None
@@ -290,7 +329,7 @@ class Pool:
         return self.sources[key]
 
     def idle_slot(self) -> int | None:
-        busy = {slot for slot, _ in self.running.values()}
+        busy = self.busy_slots()
         return next((slot for slot in range(len(self.actors)) if slot not in busy), None)
 
     def busy(self) -> bool:
@@ -302,34 +341,49 @@ class Pool:
         for index, job in enumerate(group):
             job = {**job, "source_file": name, "video_frames": frames,
                    "forget_tune": index == len(group) - 1 and not self.options.keep_tunes}
-            self.running[self.actors[slot].run.remote(job, ref)] = (slot, job)
+            self.submitted += 1
+            self.running[self.actors[slot].run.remote(job, ref)] = (slot, job, self.submitted)
 
     def wait(self) -> list[tuple[dict, dict | None]]:
-        """Blocks until a job ends; returns [(job, result)], result None for each job of a worker that died."""
+        """Blocks until a job ends; returns [(job, result)]. When a worker died: (job, None) for the job
+        it was running, and (job, NOT_STARTED) for the jobs queued behind it."""
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import RayActorError, RayError, RayTaskError
 
         ready, _ = ray.wait(list(self.running), num_returns=1)
         finished = []
         for ref in ready:
-            slot, job = self.running.pop(ref)
+            if ref not in self.running:  # dropped by _replace in this loop
+                continue
+            slot, job, order = self.running.pop(ref)
             try:
                 finished.append((job, ray.get(ref)))
-            except RayActorError:
-                finished.extend(self._replace(slot, job))
+            except RayActorError as error:
+                if getattr(error, "actor_init_failed", False):
+                    raise EvaluationError(f"a new worker could not start its ComfyUI server: {error}") from None
+                finished.extend(self._replace(slot, job, order))
+            except RayTaskError as error:  # an error of ours in the worker: this job fails, the run goes on
+                finished.append((job, failed(job, f"the worker failed: {error}"[:4000])))
+            except RayError:  # its node or its objects were lost
+                finished.extend(self._replace(slot, job, order))
         return finished
 
-    def _replace(self, slot: int, job: dict) -> list[tuple[dict, None]]:
-        """The worker of `slot` died: all its unfinished jobs come back (None), and a new worker takes the slot."""
-        lost = [(job, None)]
-        for ref, (other_slot, other) in list(self.running.items()):
+    def _replace(self, slot: int, job: dict, order: int) -> list[tuple[dict, dict | None]]:
+        """The worker of `slot` died: its jobs come back, and a new worker takes the slot. Only the
+        job it was running (the first submitted) counts the death as an attempt."""
+        import ray
+
+        lost = [(order, job)]
+        for ref, (other_slot, other, other_order) in list(self.running.items()):
             if other_slot == slot:
                 del self.running[ref]
-                lost.append((other, None))
+                lost.append((other_order, other))
+        lost.sort(key=lambda entry: entry[0])
         print(f"evaluate: worker {slot} died; {len(lost)} job(s) go back to the queue", file=sys.stderr, flush=True)
+        ray.kill(self.actors[slot])  # an actor that stopped answering may still hold its GPU
         self.actors[slot] = self._new_actor(slot)
         self.identities[slot] = None  # known when it answers
-        return lost
+        return [(lost_job, None if index == 0 else NOT_STARTED) for index, (_, lost_job) in enumerate(lost)]
 
     def kill(self, slot: int) -> None:
         """Kills a worker as a lost node would be (the tests' fault injection)."""
@@ -338,7 +392,7 @@ class Pool:
         ray.kill(self.actors[slot])
 
     def busy_slots(self) -> set[int]:
-        return {slot for slot, _ in self.running.values()}
+        return {slot for slot, _, _ in self.running.values()}
 
     def stop(self) -> None:
         import ray
@@ -356,8 +410,9 @@ class Pool:
         ray.shutdown()
 
 
-def interrupt_on_sigterm() -> None:
-    """SIGTERM stops a run as Ctrl-C does: the jobs written so far stay, nothing half-written."""
+def interrupt_on_sigterm():
+    """SIGTERM stops a run as Ctrl-C does: the jobs written so far stay, nothing half-written.
+    Returns the handler it replaced."""
     def handler(signum, frame):
         raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, handler)
+    return signal.signal(signal.SIGTERM, handler)

@@ -6,7 +6,9 @@ weights and tuning checkpoints in `models/smoothvideo/` are seen by every worker
 a tune cut short when a worker died resumes from its checkpoint on the next. The server runs on
 the GPU Ray gave the actor (CUDA_VISIBLE_DEVICES), or with --cpu on a machine without one. Ray
 kills a worker's child processes when the worker ends or is killed, so the server goes with it
-(tests/integration/test_evaluate.py kills a worker and finds its server gone).
+(tests/integration/test_evaluate.py kills a worker with ray.kill and finds its server gone; with
+Ray 2.60 the server also went within 0.5 s of a SIGKILL sent to the worker process from outside,
+as a crash would end it).
 
 Consecutive jobs of one video and tune differ only in the edit prompt (and the sampler), so
 ComfyUI's execution cache keeps the tune and the inversion between them; each record says
@@ -63,14 +65,32 @@ class Worker:
                 "comfyui": self.server.version}
 
     def run(self, job: dict, source: bytes) -> dict:
-        """Runs one job; returns its record and output files. A job that ComfyUI refuses or that fails
-        is a record with status "failed" and ComfyUI's message; a server that died is "lost" (retried)."""
-        if self.server.process.poll() is not None:
-            self.server.stop()
-            self.server = self._start_server()
+        """Runs one job; returns its record and output files. A job that ComfyUI refuses or that fails,
+        or whose scoring fails, is a record with status "failed" and the message. A server that dies or
+        stops answering is restarted and the job run again here, once: the job stays with its group's
+        worker, so no other worker tunes the same save_name meanwhile."""
         started = time.time()
         record = {**{k: job[k] for k in ("key", "arm", "split", "video", "edit", "source_prompt", "edit_prompt")},
-                  "worker": f"{socket.gethostname()}:{os.getpid()}", "comfyui": self.server.version}
+                  "worker": f"{socket.gethostname()}:{os.getpid()}", "tune_id": job["save_name"]}
+        try:
+            for attempt in (1, 2):
+                if self.server.process.poll() is not None:
+                    self.server.stop()
+                    self.server = self._start_server()
+                try:
+                    return self._run(job, source, record, started)
+                except (ComfyError, ValueError, ImportError, KeyError):
+                    raise  # the job's own failure: running it again would fail again
+                except (RuntimeError, TimeoutError, OSError) as error:  # the server died or stopped answering
+                    self.server.stop()
+                    if attempt == 2:
+                        raise RuntimeError(f"the ComfyUI server died or stopped answering twice: {error}") from None
+        except Exception as error:  # noqa: BLE001 -- every failure becomes the job's record, never the run's end
+            self._forget_tune(job)
+            return {"record": {**record, "status": "failed", "error": f"{type(error).__name__}: {error}"[:4000],
+                               "seconds": time.time() - started}}
+
+    def _run(self, job: dict, source: bytes, record: dict, started: float) -> dict:
         source_path = self.dir / "input" / job["source_file"]
         if not source_path.exists():
             source_path.write_bytes(source)
@@ -80,14 +100,8 @@ class Worker:
             video_frames=job["video_frames"], source_prompt=job["source_prompt"], edit_prompt=job["edit_prompt"],
             checkpoint=job["checkpoint"], save_name=job["save_name"], output_prefix=prefix,
         )
-        try:
-            entry = self.server.run(graph, timeout=JOB_TIMEOUT)
-        except ComfyError as error:
-            self._forget_tune(job)
-            return {"record": {**record, "status": "failed", "error": str(error), "seconds": time.time() - started}}
-        except (RuntimeError, TimeoutError, OSError) as error:  # the server died or stopped answering
-            self.server.stop()
-            return {"record": {**record, "status": "lost", "error": str(error)[:2000], "seconds": time.time() - started}}
+        record["comfyui"] = self.server.version
+        entry = self.server.run(graph, timeout=JOB_TIMEOUT)
         try:
             return self._collect(entry, record, started, prefix)
         finally:

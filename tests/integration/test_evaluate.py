@@ -227,8 +227,8 @@ def test_interrupt_then_a_killed_worker_lose_no_job(tmp_path):
     killed = []
 
     def kill_once(record, pool):
-        if not killed:
-            slot = next(iter(pool.busy_slots()))
+        if not killed and pool.busy_slots():
+            slot = min(pool.busy_slots())
             killed.append(pool.identities[slot])
             pool.kill(slot)
 
@@ -236,6 +236,6 @@ def test_interrupt_then_a_killed_worker_lose_no_job(tmp_path):
     records = check_complete(out)
     assert len(records) == 8 and all(r["status"] == "done" for r in records)
     assert summary["ran"] == 8 - len(first) and summary["failed"] == 0
-    assert killed and any(r["attempts"] == 2 for r in records)  # a job of the killed worker ran again
-    assert killed[0]["pid"] not in {int(r["worker"].rsplit(":", 1)[1]) for r in records if r["attempts"] == 2}
+    # the job the killed worker was running ran again; the jobs queued behind it are not charged an attempt
+    assert killed and sum(r["attempts"] == 2 for r in records) == 1
     assert not wait_gone(out)  # the killed worker's server too: it dies with its worker

@@ -3,6 +3,7 @@
 import json
 import pathlib
 import re
+import shutil
 
 import pytest
 
@@ -108,9 +109,9 @@ def loveu_clip_folder(server):
     from tiny_clip import save_tiny_clip
 
     folder = server.base / "models" / "smoothvideo_clip" / "tiny_test_clip"
-    if not (folder / "config.json").exists():
-        save_tiny_clip(folder)
-    return folder
+    save_tiny_clip(folder)
+    yield folder
+    shutil.rmtree(folder)  # not left in the host's list of CLIP folders
 
 
 def benchmark_scores(folder, paths, prompt):

@@ -196,11 +196,31 @@ def test_mean_and_95_percent_interval_by_hand():
     # Student's t at 0.975 with 3 degrees of freedom: 3.182446305 (tables); sd = sqrt(5/3)
     assert mean == 2.5 and half == pytest.approx(3.182446305 * math.sqrt(5 / 3) / 2, rel=1e-8)
     assert math.isnan(report.mean_interval([0.7])[1]) and report.mean_interval([0.7])[0] == 0.7
-    rows = [{"arm": "a", "status": "done", "split": "s", "video": "v1", "vl_score": x} for x in (0.2, 0.4)]
-    rows += [{"arm": "a", "status": "done", "split": "s", "video": "v2", "vl_score": 0.9},
-             {"arm": "a", "status": "failed", "split": "s", "video": "v2", "vl_score": ""}]
+    row = lambda arm, video, edit, x, status="done": {"arm": arm, "status": status, "split": "s", "video": video,  # noqa: E731
+                                                      "edit": edit, "vl_score": x}
+    rows = [row("a", "v1", "e1", 0.2), row("a", "v1", "e2", 0.4), row("a", "v2", "e1", 0.9), row("a", "v2", "e2", "", "failed")]
     assert report.per_video(rows, "a", "vl_score") == pytest.approx({("s", "v1"): 0.3, ("s", "v2"): 0.9})
-    # paired: per video, the arm minus the reference, over the videos both finished (v3: the reference only)
-    rows += [{"arm": "r", "status": "done", "split": "s", "video": v, "vl_score": x}
-             for v, x in (("v1", 0.25), ("v2", 0.5), ("v3", 0.1))]
+    # paired: per video, the mean over the edits both arms finished of arm minus reference (v2: e1 only;
+    # v3: the reference only), so a failed edit does not shift one side's average
+    rows += [row("r", "v1", "e1", 0.1), row("r", "v1", "e2", 0.4), row("r", "v2", "e1", 0.5), row("r", "v2", "e2", 0.0),
+             row("r", "v3", "e1", 0.1)]
     assert report.paired(rows, "a", "r", "vl_score") == pytest.approx([0.05, 0.4])
+
+
+def test_a_rerun_with_other_settings_or_prompts_does_not_take_the_old_folders(tmp_path):
+    runner.check_run(tmp_path, runner.Options(tmp_path, settings="quick"))
+    runner.check_run(tmp_path, runner.Options(tmp_path, settings="quick"))  # the same: fine
+    with pytest.raises(runner.EvaluationError, match="holds a run with settings 'quick' \\(now 'paper'\\): give another --out"):
+        runner.check_run(tmp_path, runner.Options(tmp_path, settings="paper"))
+    job = {"key": "baseline/s/v/a", "arm": "baseline", "split": "s", "video": "v", "edit": "a", "source_prompt": "x",
+           "edit_prompt": "y", "attempts": 1}
+    runner.write_job(tmp_path, {"record": {**job, "status": "done"}})
+    assert runner.is_done(tmp_path, job, retry_failed=False)
+    assert not runner.is_done(tmp_path, {**job, "edit_prompt": "another edit"}, retry_failed=False)
+
+
+def test_a_video_listed_twice_is_refused(tmp_path):
+    frames_folder(tmp_path / "DAVIS_480p" / "480p_frames" / "judo")
+    table = write_csv(tmp_path / "t.csv", LOVEU_HEADER, [loveu_row("judo"), loveu_row("judo")])
+    with pytest.raises(dataset.DatasetError, match="line 3: 'judo' is listed twice"):
+        dataset.read_prompts(table, tmp_path)
