@@ -3,7 +3,7 @@ own ComfyUI server of the project's host, on the tiny checkpoint and tiny CLIP, 
 
 - a run of 3 clips (2 edits each, 2 arms) and 1 unreadable clip: every job runs once, the tune of
   a video and arm runs once and its other edits take it from ComfyUI's cache, the unreadable clip
-  is in the table with its error, CLIP-T and CLIP-F are the benchmark's on the written JPGs, the
+  is in the table with its error, CLIP-T and CLIP-F are those of the JPGs written (the submission), the
   table, plots and page are written, the workers' servers and folders are gone afterwards;
 - a second run of the same command does no work;
 - Ctrl-C (SIGINT) in the middle of a run leaves only complete job folders and no server behind;
@@ -157,7 +157,7 @@ def test_unreadable_clip_is_reported_while_the_rest_finish(first_run):
     assert "| Tune-A-Video (`baseline`) |" in summary and "## Failed jobs" in summary and "broken.mp4" in summary
 
 
-def test_metrics_are_the_benchmarks_on_the_written_submission(first_run, clip_folder):
+def test_clip_metrics_are_those_of_the_written_submission(first_run, clip_folder):
     _, _, out, _ = first_run
     clip = loveu.LoveuClip(clip_folder)
     records = [r for r in check_complete(out) if r["status"] == "done"]
