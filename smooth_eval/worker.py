@@ -36,6 +36,10 @@ from comfy_host import HOST, ComfyError, ComfyServer  # noqa: E402
 JOB_TIMEOUT = float(os.environ.get("SMOOTHVIDEO_EVAL_JOB_TIMEOUT", 6 * 3600))
 
 
+class ServerLost(Exception):
+    """The job's ComfyUI server died or stopped answering (not the job's own failure)."""
+
+
 class Worker:
     def __init__(self, slot_dir: str, models_dir: str, gpu: bool, clip_folder: str | None, threads: int):
         self.dir = pathlib.Path(slot_dir)
@@ -79,9 +83,7 @@ class Worker:
                     self.server = self._start_server()
                 try:
                     return self._run(job, source, record, started)
-                except (ComfyError, ValueError, ImportError, KeyError):
-                    raise  # the job's own failure: running it again would fail again
-                except (RuntimeError, TimeoutError, OSError) as error:  # the server died or stopped answering
+                except ServerLost as error:
                     self.server.stop()
                     if attempt == 2:
                         raise RuntimeError(f"the ComfyUI server died or stopped answering twice: {error}") from None
@@ -100,8 +102,13 @@ class Worker:
             video_frames=job["video_frames"], source_prompt=job["source_prompt"], edit_prompt=job["edit_prompt"],
             checkpoint=job["checkpoint"], save_name=job["save_name"], output_prefix=prefix,
         )
-        record["comfyui"] = self.server.version
-        entry = self.server.run(graph, timeout=JOB_TIMEOUT)
+        try:
+            record["comfyui"] = self.server.version
+            entry = self.server.run(graph, timeout=JOB_TIMEOUT)
+        except ComfyError:
+            raise  # the job's own failure, as ComfyUI reports it: running it again would fail again
+        except (RuntimeError, TimeoutError, OSError) as error:  # the server died or stopped answering
+            raise ServerLost(str(error)[:2000]) from None
         try:
             return self._collect(entry, record, started, prefix)
         finally:

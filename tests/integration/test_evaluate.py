@@ -239,3 +239,24 @@ def test_interrupt_then_a_killed_worker_lose_no_job(tmp_path):
     # the job the killed worker was running ran again; the jobs queued behind it are not charged an attempt
     assert killed and sum(r["attempts"] == 2 for r in records) == 1
     assert not wait_gone(out)  # the killed worker's server too: it dies with its worker
+
+
+def test_a_worker_whose_server_dies_restarts_it_and_runs_the_job_again(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    table = make_dataset(data, broken=False, videos=1)
+    out = tmp_path / "out"
+    killed = []
+
+    def kill_server_once(record, pool):
+        if not killed and pool.busy_slots():  # the next job of the group is running: its server dies under it
+            killed.append(pool.identities[0]["server_pid"])
+            os.kill(killed[0], signal.SIGKILL)
+
+    summary = runner.evaluate(dataset.read_prompts(table, data), runner.Options(out, ("baseline",), "tiny", workers=1),
+                              on_result=kill_server_once)
+    records = check_complete(out)
+    assert killed and summary["failed"] == 0 and len(records) == 2
+    assert all(r["status"] == "done" and r["attempts"] == 1 for r in records)  # rerun by its own worker
+    assert len({r["worker"] for r in records}) == 1
+    assert not wait_gone(out)
