@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 import math
 import pathlib
@@ -221,17 +222,14 @@ def write_report(out: pathlib.Path, groups: list[list[dict]], arm_names: tuple[s
     written = []
 
     def atomic(name: str, text: str) -> None:
-        temporary = out / f".{name}.tmp"
-        temporary.write_text(text, encoding="utf-8")
-        temporary.replace(out / name)
+        runner.write_atomically(out / name, text)
         written.append(out / name)
 
-    with open(out / ".results.csv.tmp", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / ".results.csv.tmp").replace(out / "results.csv")
-    written.append(out / "results.csv")
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic("results.csv", table.getvalue())
     atomic("summary.md", summary_table(rows, arm_names, clip))
     written += plot(rows, arm_names, clip, out)
     atomic("index.html", html_page(rows, arm_names))

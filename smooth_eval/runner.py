@@ -67,6 +67,18 @@ def run_id(out: pathlib.Path) -> str:
     return hashlib.sha256(str(pathlib.Path(out).resolve()).encode()).hexdigest()[:8]
 
 
+def write_atomically(path: pathlib.Path, data: str | bytes) -> None:
+    """Writes a file beside its final name, then renames it there: it exists whole or not at all."""
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    temporary.write_bytes(data.encode() if isinstance(data, str) else data)
+    temporary.replace(path)
+
+
+def job_fields(job: dict) -> dict:
+    """What a job's record says of the job itself."""
+    return {k: job[k] for k in ("key", "arm", "split", "video", "edit", "source_prompt", "edit_prompt")}
+
+
 def job_folder(out: pathlib.Path, key: str) -> pathlib.Path:
     return out / key
 
@@ -112,9 +124,7 @@ def check_run(out: pathlib.Path, options: Options) -> None:
         if changed:
             raise EvaluationError(f"{out} holds a run with {', '.join(changed)}: give another --out, or the same settings")
         return
-    temporary = out / ".run.json.tmp"
-    temporary.write_text(json.dumps(described, indent=2) + "\n")
-    temporary.replace(path)
+    write_atomically(path, json.dumps(described, indent=2) + "\n")
 
 
 def write_job(out: pathlib.Path, result: dict) -> dict:
@@ -137,14 +147,12 @@ def write_job(out: pathlib.Path, result: dict) -> dict:
         source = out / "sources" / record["split"] / f"{record['video']}.mp4"
         if not source.exists():
             source.parent.mkdir(parents=True, exist_ok=True)
-            temporary = out / ".tmp" / f"{uuid.uuid4().hex}.mp4"
-            temporary.write_bytes(result["source_video"])
-            os.replace(temporary, source)
+            write_atomically(source, result["source_video"])
     return record
 
 
 def failed(job: dict, error: str) -> dict:
-    return {"record": {**{k: job[k] for k in ("key", "arm", "split", "video", "edit", "source_prompt", "edit_prompt")},
+    return {"record": {**job_fields(job),
                        "status": "failed", "error": error, "seconds": 0.0, "attempts": job["attempts"]}}
 
 

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 
-from . import arms
+from . import arms, runner
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -74,7 +74,7 @@ class Worker:
         stops answering is restarted and the job run again here, once: the job stays with its group's
         worker, so no other worker tunes the same save_name meanwhile."""
         started = time.time()
-        record = {**{k: job[k] for k in ("key", "arm", "split", "video", "edit", "source_prompt", "edit_prompt")},
+        record = {**runner.job_fields(job),
                   "worker": f"{socket.gethostname()}:{os.getpid()}", "tune_id": job["save_name"]}
         try:
             for attempt in (1, 2):
