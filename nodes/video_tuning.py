@@ -21,8 +21,11 @@ import copy
 import torch
 import torch.utils.checkpoint
 
+import comfy.ldm.modules.attention
 import comfy.model_management
 import comfy.utils
+from comfy.ldm.modules.attention import SpatialTransformer
+from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
 
 from ..smooth_core import checks, schedule
 from . import video_patches
@@ -62,6 +65,16 @@ def is_temporal_trainable(name: str) -> bool:
     return ".norm_temp." not in name
 
 
+def tuning_attention(kernel, *args, **kwargs):
+    """Every attention of a tuning step runs in PyTorch's scaled_dot_product_attention (ComfyUI's
+    `optimized_attention_override`, which receives the kernel ComfyUI chose and its arguments): its
+    fused kernels have a backward pass on every device and keep only their output and log-sum-exp
+    for it. ComfyUI's CPU default, sub-quadratic attention, makes autograd keep every chunk's
+    attention scores instead (at 24 x 512 px a sparse-causal layer's are 24 x 8 x 4096 x 8192
+    floats, 25 GiB), and some GPU kernels (sage attention) have no backward pass at all."""
+    return comfy.ldm.modules.attention.attention_pytorch(*args, **kwargs)
+
+
 class TrainableWeight:
     """A weight wrapper (ModelPatcher.add_weight_wrapper): the trainable copy replaces the
     weight ComfyUI computes with, in the dtype it computes in (autograd reaches the copy)."""
@@ -85,6 +98,9 @@ class NativeTunable:
             temporal = copy.deepcopy(patches.temporal).to(device, dtype)
         self.patches = patches.with_temporal(temporal)
         self.model = video_patches.with_patches(model.clone(), self.patches, managed_temporal=False)
+        # Another node's attention override (it chose its kernel for this MODEL) stays.
+        self.model.model_options.setdefault("transformer_options", {}).setdefault(
+            "optimized_attention_override", tuning_attention)
         self.device = device
         # Per transformer block, its name and (ComfyUI's key, Tune-A-Video's name, wrapper) of every
         # trainable UNet tensor.
@@ -185,52 +201,76 @@ class NativeTunable:
 def autograd_ready(module: torch.nn.Module):
     """Within the block, `module` is frozen (no gradient is computed for any of its parameters:
     the trainables stand in for its to_q weights through weight wrappers) and none of its
-    parameters or buffers is an inference tensor: ComfyUI loads models in inference mode, and
-    autograd cannot save such tensors for the backward pass. Each is replaced by a normal copy.
-    On exit the originals and their requires_grad flags are back (the copies are dropped)."""
-    swapped = []
-    flags = [(p, p.requires_grad) for p in module.parameters()]
+    parameters or buffers is an inference tensor: ComfyUI loads models in inference mode (on a CPU
+    the loaded weights are the very tensors made then), and autograd cannot save such tensors for
+    the backward pass. Each is replaced, one at a time, by a normal tensor with the same values,
+    which stays after the block: keeping the originals too would hold the frozen weights twice for
+    the whole tune (3.4 GB more at SD1.5 size in float32). On exit the requires_grad flags are back."""
+    flags = []  # (module, parameter name, requires_grad): no reference to a replaced tensor
     try:
         with torch.inference_mode(False), torch.no_grad():
-            for p, _ in flags:
-                if not p.is_inference():
-                    p.requires_grad_(False)
             for m in module.modules():
                 for store in (m._parameters, m._buffers):
-                    for name, tensor in list(store.items()):
-                        if tensor is not None and tensor.is_inference():
-                            copy_ = tensor.clone()
-                            store[name] = torch.nn.Parameter(copy_, requires_grad=False) \
-                                if isinstance(tensor, torch.nn.Parameter) else copy_
-                            swapped.append((store, name, tensor))
+                    for name in list(store):
+                        tensor = store[name]
+                        if tensor is None:
+                            continue
+                        parameter = isinstance(tensor, torch.nn.Parameter)
+                        if parameter:
+                            flags.append((m, name, tensor.requires_grad))
+                        if tensor.is_inference():
+                            store[name] = torch.nn.Parameter(tensor.clone(), requires_grad=False) \
+                                if parameter else tensor.clone()
+                        elif parameter:
+                            tensor.requires_grad_(False)
+                        del tensor
         yield
     finally:
-        for store, name, original in reversed(swapped):
-            store[name] = original
         with torch.inference_mode(False):
-            for p, flag in flags:
-                if not p.is_inference():
-                    p.requires_grad_(flag)
+            for m, name, flag in flags:
+                parameter = m._parameters.get(name)
+                if parameter is not None and not parameter.is_inference():
+                    parameter.requires_grad_(flag)
+
+
+def checkpointed_layers(diffusion_model) -> list[torch.nn.Module]:
+    """The layers gradient checkpointing recomputes: every ResBlock and SpatialTransformer of the
+    UNet's input, middle and output blocks (diffusers checkpoints its resnets and attentions alike).
+    ComfyUI runs a block's layers one by one (`forward_timestep_embed` iterates over the block and
+    never calls the block's own forward), so the layers are what can be wrapped."""
+    blocks = [*diffusion_model.input_blocks, diffusion_model.middle_block, *diffusion_model.output_blocks]
+    return [layer for block in blocks for layer in block if isinstance(layer, (ResBlock, SpatialTransformer))]
+
+
+def _own_options(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The call's arguments with each dict (the transformer options) replaced by a shallow copy of
+    itself: ComfyUI updates one options dict as it goes through the UNet ("block", "transformer_index"),
+    so without a copy the backward pass would recompute the layer with the last block's options."""
+    def own(value):
+        return dict(value) if isinstance(value, dict) else value
+
+    return tuple(own(a) for a in args), {k: own(v) for k, v in kwargs.items()}
 
 
 @contextlib.contextmanager
 def checkpointed_blocks(diffusion_model, enabled: bool):
-    """Gradient checkpointing of every input, middle and output block of ComfyUI's UNet (their
-    forward is replaced on the loaded model for the block's duration only)."""
-    blocks = [*diffusion_model.input_blocks, diffusion_model.middle_block, *diffusion_model.output_blocks] \
-        if enabled else []
+    """Gradient checkpointing of the UNet's ResBlocks and transformers (`checkpointed_layers`): each
+    keeps only its inputs in the forward pass and runs again in the backward pass. Their forward
+    is replaced on the loaded model for the block's duration only."""
+    layers = checkpointed_layers(diffusion_model) if enabled else []
     try:
-        for block in blocks:
-            original = block.forward
+        for layer in layers:
+            original = layer.forward
 
             def forward(*args, _original=original, **kwargs):
+                args, kwargs = _own_options(args, kwargs)
                 return torch.utils.checkpoint.checkpoint(_original, *args, use_reentrant=False, **kwargs)
 
-            block.forward = forward
+            layer.forward = forward
         yield
     finally:
-        for block in blocks:
-            block.__dict__.pop("forward", None)
+        for layer in layers:
+            layer.__dict__.pop("forward", None)
 
 
 def run_in_guider(tunable: NativeTunable, positive, video_shape: tuple, body) -> None:

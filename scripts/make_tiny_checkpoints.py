@@ -15,6 +15,10 @@ One more file is a UNet alone in SD2's layout (1024-wide context, linear project
 the transformers), for models/diffusion_models: ComfyUI's Load Diffusion Model detects it as
 SD2, which the tests use to check that the pack refuses non-SD1.x models clearly.
 
+`--full-size` writes one more checkpoint, for the benchmarks only (never the tests: it is ~1.7 GB):
+`smoothvideo_random_sd15_fullsize.safetensors`, the same layout with SD1.5's own UNet (320
+channels, mult 1-2-4-4, 2 res blocks a level, ~860M parameters), random weights as above.
+
 A file is rewritten only when its spec or this script changed (a hash kept in the
 safetensors metadata). Run with ComfyUI importable: `--comfy DIR` (setup_host.sh does this).
 """
@@ -50,6 +54,15 @@ CHECKPOINTS = {
     "smoothvideo_tiny_sd15.safetensors": 4,
     "smoothvideo_tiny_ip2p.safetensors": 8,
 }
+# SD1.5's own UNet (what ComfyUI detects in a real SD1.5 checkpoint): the full-size bench model.
+SD15_UNET = {
+    **TINY_UNET,
+    "num_res_blocks": [2, 2, 2, 2],
+    "channel_mult": [1, 2, 4, 4],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+}
+FULL_SIZE = "smoothvideo_random_sd15_fullsize.safetensors"
 # name -> UNet settings that differ from TINY_UNET; UNet-only files for models/diffusion_models
 UNET_ONLY = {
     "smoothvideo_tiny_sd2_unet.safetensors": {"context_dim": 1024, "use_linear_in_transformer": True},
@@ -65,8 +78,9 @@ CONTROLNETS = {"smoothvideo_tiny_controlnet_sd15.safetensors": {"hint_channels":
 SEED = 20240101
 
 
-def spec_hash(in_channels: int, unet_only: dict | None = None, controlnet: dict | None = None) -> str:
-    spec = {"unet": TINY_UNET, "in_channels": in_channels, "vae": SD_VAE, "seed": SEED}
+def spec_hash(in_channels: int, unet_only: dict | None = None, controlnet: dict | None = None,
+              unet: dict = TINY_UNET) -> str:
+    spec = {"unet": unet, "in_channels": in_channels, "vae": SD_VAE, "seed": SEED}
     if unet_only is not None:
         spec = {"unet": {**TINY_UNET, **unet_only}, "seed": SEED}
     if controlnet is not None:
@@ -77,7 +91,7 @@ def spec_hash(in_channels: int, unet_only: dict | None = None, controlnet: dict 
 
 
 def layout(comfy_dir: pathlib.Path, in_channels: int, unet_only: dict | None = None,
-           controlnet: dict | None = None) -> dict:
+           controlnet: dict | None = None, unet: dict = TINY_UNET) -> dict:
     """Key -> shape of the three sub-models (or, with `unet_only`, of that UNet alone, keys
     unprefixed; with `controlnet`, of a ControlNet for the tiny UNet, keys control_model.*),
     taken from ComfyUI's own classes built on 'meta'."""
@@ -101,7 +115,7 @@ def layout(comfy_dir: pathlib.Path, in_channels: int, unet_only: dict | None = N
     if unet_only is not None:
         unet = UNetModel(in_channels=in_channels, device="meta", operations=ops, **{**TINY_UNET, **unet_only})
         return {key: tuple(tensor.shape) for key, tensor in unet.state_dict().items()}
-    unet = UNetModel(in_channels=in_channels, device="meta", operations=ops, **TINY_UNET)
+    unet = UNetModel(in_channels=in_channels, device="meta", operations=ops, **unet)
     with torch.device("meta"):
         vae = AutoencoderKL(ddconfig=SD_VAE, embed_dim=4)
     clip_config = json.loads((comfy_dir / "comfy" / "sd1_clip_config.json").read_text())
@@ -136,17 +150,17 @@ def init_tensor(name: str, shape: tuple):
 
 
 def write_checkpoint(comfy_dir: pathlib.Path, path: pathlib.Path, in_channels: int, unet_only: dict | None = None,
-                     controlnet: dict | None = None) -> bool:
+                     controlnet: dict | None = None, unet: dict = TINY_UNET) -> bool:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    wanted = spec_hash(in_channels, unet_only, controlnet)
+    wanted = spec_hash(in_channels, unet_only, controlnet, unet)
     if path.exists():
         with safe_open(str(path), "pt") as f:
             if (f.metadata() or {}).get("smoothvideo_spec_hash") == wanted:
                 return False
     tensors = {name: init_tensor(name, shape)
-               for name, shape in layout(comfy_dir, in_channels, unet_only, controlnet).items()}
+               for name, shape in layout(comfy_dir, in_channels, unet_only, controlnet, unet).items()}
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata={"smoothvideo_spec_hash": wanted, "note": "random weights, for tests"})
     tmp.replace(path)
@@ -159,7 +173,15 @@ def main() -> None:
     parser.add_argument("--out", type=pathlib.Path, required=True, help="models/checkpoints folder")
     parser.add_argument("--unet-out", type=pathlib.Path, help="models/diffusion_models folder (UNet-only files)")
     parser.add_argument("--controlnet-out", type=pathlib.Path, help="models/controlnet folder")
+    parser.add_argument("--full-size", action="store_true",
+                        help=f"write only {FULL_SIZE} (SD1.5's full-size UNet, ~1.7 GB; for the benchmarks)")
     options = parser.parse_args()
+    if options.full_size:
+        path = options.out / FULL_SIZE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        written = write_checkpoint(options.comfy.resolve(), path, 4, unet=SD15_UNET)
+        print(f"make_tiny_checkpoints: {path} {'written' if written else 'up to date'}")
+        return
     files = [(options.out / name, in_channels, None, None) for name, in_channels in CHECKPOINTS.items()]
     if options.unet_out:
         files += [(options.unet_out / name, 4, spec, None) for name, spec in UNET_ONLY.items()]

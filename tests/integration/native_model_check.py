@@ -236,6 +236,50 @@ for checkpointing in (False, True):
         del from_native, from_core
     del native, tunable, tuned
 
+# Gradient checkpointing acts: per tuning step, the forward pass runs every ResBlock and transformer
+# block once more (counted by hooks inside them, which the recomputation passes through too), and
+# the tensors autograd saves outside the checkpointed layers are a fraction of those saved without.
+checkpointing_counts = {}
+for checkpointing in (False, True):
+    native = patches_module.native_video_model(model, "sparse_causal", temporal=True)
+    tunable = video_tuning.NativeTunable(native, patches_module.video_patches(native), torch.device("cpu"))
+    if checkpointing:
+        tunable.enable_gradient_checkpointing()
+    diffusion_model = native.model.diffusion_model
+    calls = {"resnet": 0, "transformer": 0}
+    saved = {"bytes": 0, "tensors": 0}
+
+    def count(kind):
+        def hook(module, args):
+            calls[kind] += 1
+        return hook
+
+    def pack(tensor):
+        saved["bytes"] += tensor.numel() * tensor.element_size()
+        saved["tensors"] += 1
+        return tensor
+
+    def counting_body():
+        tunable.mark_trainable()
+        handles = [m.in_layers.register_forward_pre_hook(count("resnet")) for m in diffusion_model.modules()
+                   if type(m).__name__ == "ResBlock"]
+        handles += [m.register_forward_pre_hook(count("transformer")) for m in diffusion_model.modules()
+                    if type(m).__name__ == "BasicTransformerBlock"]
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+                eps = tunable(latents, torch.tensor([500]), text)
+            eps.square().mean().backward()
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    video_tuning.run_in_guider(tunable, [[text, {}]], tuple(latents.shape), counting_body)
+    checkpointing_counts[f"checkpointing_{checkpointing}"] = {
+        **calls, "saved_bytes": saved["bytes"], "saved_tensors": saved["tensors"],
+        "grad_norm": sum(p.grad.square().sum().item() for p in tunable.trainable_parameters() if p.grad is not None) ** 0.5,
+    }
+    del native, tunable
+
 after = plain_call()
 facts = {
     "plain_model_unchanged": bool(torch.equal(before, after)),
@@ -243,4 +287,4 @@ facts = {
     "video_differs_from_plain": (native_call(patches_module.native_video_model(model, "sparse_causal", True))
                                  - before).abs().max().item(),
 }
-print(json.dumps({"cases": results, "facts": facts, "tunes": tunes}))
+print(json.dumps({"cases": results, "facts": facts, "tunes": tunes, "checkpointing": checkpointing_counts}))
