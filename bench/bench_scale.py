@@ -113,11 +113,11 @@ def stages(records: list[dict], prompt: dict, steps: int) -> list[dict]:
     One-shot Tune: its set-up, which reports step 0 before the first step), a "progress" one from
     that step to the next boundary (for One-shot Tune: tuning step value + 1)."""
     rows: dict[str, dict] = {}
-    previous_rss = None
+    previous_rss = previous_malloc = None
     for record in records:
         node = record["node"]
         if record["event"] == "start" or node is None:
-            previous_rss = record["rss_mib"]
+            previous_rss, previous_malloc = record["rss_mib"], record.get("malloc_mib")
             continue
         kind = prompt[str(node)]["class_type"]
         name = STAGES.get(kind, "other nodes")
@@ -130,19 +130,22 @@ def stages(records: list[dict], prompt: dict, steps: int) -> list[dict]:
             else:
                 name = "tune: save, tuned MODEL"
         row = rows.setdefault(name, {"stage": name, "seconds": 0.0, "peak_rss_mib": 0.0, "peak_malloc_mib": 0.0,
-                                     "peak_above_start_mib": 0.0})
+                                     "peak_above_start_mib": 0.0, "peak_malloc_above_start_mib": 0.0})
         row["seconds"] += record["end"] - record["start"]
         row["peak_rss_mib"] = max(row["peak_rss_mib"], record["peak_rss_mib"])
         row["peak_malloc_mib"] = max(row["peak_malloc_mib"], record["peak_malloc_mib"])
         row["rss_end_mib"] = record["rss_mib"]
         if previous_rss is not None:
             row["peak_above_start_mib"] = max(row["peak_above_start_mib"], record["peak_rss_mib"] - previous_rss)
+        if previous_malloc is not None:  # glibc's bytes in use: freed memory reused does not hide a peak
+            row["peak_malloc_above_start_mib"] = max(row["peak_malloc_above_start_mib"],
+                                                     record["peak_malloc_mib"] - previous_malloc)
         for key in ("cuda_peak_allocated_mib", "cuda_peak_reserved_mib"):
             if key in record:
                 row[key] = max(row.get(key, 0.0), record[key])
         if "cuda_allocated_mib" in record:
             row["cuda_allocated_end_mib"] = record["cuda_allocated_mib"]
-        previous_rss = record["rss_mib"]
+        previous_rss, previous_malloc = record["rss_mib"], record.get("malloc_mib")
     return list(rows.values())
 
 
@@ -207,14 +210,15 @@ def main() -> None:
     print(f"\n{args.frames} x {args.size} px, {mode}, {args.steps} tuning / {args.sample_steps} inversion and "
           f"sampling steps; {device_name}, ComfyUI {version}; {result['date']}; {args.label}")
     print(f"whole run {wall:.0f} s, peak RSS {result['peak_rss_mib'] / GIB:.2f} GiB; records in {out}")
-    columns = ["stage", "s", "peak RSS GiB", "RSS after GiB", "peak above start GiB", "peak malloc GiB"]
+    columns = ["stage", "s", "peak RSS GiB", "RSS after GiB", "peak above start GiB", "peak malloc GiB",
+               "peak malloc above start GiB"]
     if cuda:
         columns += ["CUDA peak allocated GiB", "CUDA peak reserved GiB"]
     print("| " + " | ".join(columns) + " |\n|" + " --- |" * len(columns))
     for row in rows:
         cells = [row["stage"], f"{row['seconds']:.1f}", f"{row['peak_rss_mib'] / GIB:.2f}",
                  f"{row['rss_end_mib'] / GIB:.2f}", f"{row['peak_above_start_mib'] / GIB:.2f}",
-                 f"{row['peak_malloc_mib'] / GIB:.2f}"]
+                 f"{row['peak_malloc_mib'] / GIB:.2f}", f"{row['peak_malloc_above_start_mib'] / GIB:.2f}"]
         if cuda:
             cells += [f"{row.get('cuda_peak_allocated_mib', 0) / GIB:.2f}", f"{row.get('cuda_peak_reserved_mib', 0) / GIB:.2f}"]
         print("| " + " | ".join(cells) + " |")

@@ -254,7 +254,7 @@ for checkpointing in (False, True):
             calls[kind] += 1
         return hook
 
-    def pack(tensor):
+    def pack_saved(tensor):
         saved["bytes"] += tensor.numel() * tensor.element_size()
         saved["tensors"] += 1
         return tensor
@@ -266,7 +266,7 @@ for checkpointing in (False, True):
         handles += [m.register_forward_pre_hook(count("transformer")) for m in diffusion_model.modules()
                     if type(m).__name__ == "BasicTransformerBlock"]
         try:
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            with torch.autograd.graph.saved_tensors_hooks(pack_saved, lambda tensor: tensor):
                 eps = tunable(latents, torch.tensor([500]), text)
             eps.square().mean().backward()
         finally:

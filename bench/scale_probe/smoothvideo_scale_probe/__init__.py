@@ -6,7 +6,7 @@ inversion or sampling step) it records, for the stage that just ended:
 - peak_rss: the process's peak resident memory during the stage (Linux VmHWM, reset to the
   current RSS at each boundary by writing 5 to /proc/self/clear_refs), and rss at its end;
 - peak_malloc: the peak of glibc's bytes in use (mallinfo2: heap + mmap, where torch's CPU
-  allocator takes its memory), sampled every 2 ms by a thread;
+  allocator takes its memory), sampled every 2 ms by a thread, and malloc, those at its end;
 - on CUDA: torch's max_memory_allocated / max_memory_reserved during the stage (reset at each
   boundary) and memory_allocated at its end.
 
@@ -87,7 +87,7 @@ class Probe:
             "event": self.label[0], "node": self.label[1], "value": self.label[2],
             "start": self.started, "end": now,
             "peak_rss_mib": status_kib("VmHWM") / 1024, "rss_mib": status_kib("VmRSS") / 1024,
-            "peak_malloc_mib": max(self.peak_malloc, malloc_in_use()) / MIB,
+            "peak_malloc_mib": max(self.peak_malloc, malloc_in_use()) / MIB, "malloc_mib": malloc_in_use() / MIB,
         }
         try:
             import torch
