@@ -233,13 +233,20 @@ def autograd_ready(module: torch.nn.Module):
                     parameter.requires_grad_(flag)
 
 
-def checkpointed_layers(diffusion_model) -> list[torch.nn.Module]:
+def checkpointed_layers(diffusion_model) -> list[tuple[torch.nn.Module, bool]]:
     """The layers gradient checkpointing recomputes: every ResBlock and SpatialTransformer of the
-    UNet's input, middle and output blocks (diffusers checkpoints its resnets and attentions alike).
-    ComfyUI runs a block's layers one by one (`forward_timestep_embed` iterates over the block and
-    never calls the block's own forward), so the layers are what can be wrapped."""
-    blocks = [*diffusion_model.input_blocks, diffusion_model.middle_block, *diffusion_model.output_blocks]
-    return [layer for block in blocks for layer in block if isinstance(layer, (ResBlock, SpatialTransformer))]
+    UNet's input, middle and output blocks (diffusers checkpoints its resnets and attentions alike),
+    each with whether it is the first layer of an input or the middle block. ComfyUI runs a block's
+    layers one by one (`forward_timestep_embed` iterates over the block and never calls the block's
+    own forward), so the layers are what can be wrapped."""
+    layers = []
+    for part, blocks in (("input", diffusion_model.input_blocks), ("middle", [diffusion_model.middle_block]),
+                         ("output", diffusion_model.output_blocks)):
+        for block in blocks:
+            for index, layer in enumerate(block):
+                if isinstance(layer, (ResBlock, SpatialTransformer)):
+                    layers.append((layer, part != "output" and index == 0))
+    return layers
 
 
 def _own_options(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -253,23 +260,32 @@ def _own_options(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
 
 
 @contextlib.contextmanager
-def checkpointed_blocks(diffusion_model, enabled: bool):
+def checkpointed_blocks(diffusion_model, enabled: bool, copy_block_inputs: bool = False):
     """Gradient checkpointing of the UNet's ResBlocks and transformers (`checkpointed_layers`): each
     keeps only its inputs in the forward pass and runs again in the backward pass. Their forward
-    is replaced on the loaded model for the block's duration only."""
+    is replaced on the loaded model for the block's duration only.
+
+    `copy_block_inputs`: the first layer of each input and the middle block keeps a copy of its input.
+    That input is a skip connection, to which ComfyUI adds a ControlNet's residuals in place once the
+    output blocks reach it; the recomputation needs the values the layer saw (autograd refuses the
+    modified tensor). Only with a ControlNet (or another model the conditioning brings): a copy per
+    block otherwise costs memory for nothing."""
     layers = checkpointed_layers(diffusion_model) if enabled else []
     try:
-        for layer in layers:
+        for layer, block_input in layers:
             original = layer.forward
+            copy_input = copy_block_inputs and block_input
 
-            def forward(*args, _original=original, **kwargs):
+            def forward(x, *args, _original=original, _copy=copy_input, **kwargs):
                 args, kwargs = _own_options(args, kwargs)
-                return torch.utils.checkpoint.checkpoint(_original, *args, use_reentrant=False, **kwargs)
+                if _copy:
+                    x = x.clone()
+                return torch.utils.checkpoint.checkpoint(_original, x, *args, use_reentrant=False, **kwargs)
 
             layer.forward = forward
         yield
     finally:
-        for layer in layers:
+        for layer, _ in layers:
             layer.__dict__.pop("forward", None)
 
 
@@ -290,7 +306,8 @@ def run_in_guider(tunable: NativeTunable, positive, video_shape: tuple, body) ->
                     # The UNet and whatever the conditioning brought (a ControlNet): frozen, autograd-usable.
                     for module in dict.fromkeys([model.model, *(m.model for m in models)]):
                         stack.enter_context(autograd_ready(module))
-                    stack.enter_context(checkpointed_blocks(model.model.diffusion_model, tunable.checkpointing))
+                    stack.enter_context(checkpointed_blocks(model.model.diffusion_model, tunable.checkpointing,
+                                                            copy_block_inputs=any(m.model is not model.model for m in models)))
                     body()
             finally:
                 tunable.predict = None
