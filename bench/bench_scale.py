@@ -34,9 +34,9 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from comfy_host import HOST, PACK_NAME, ComfyServer, load_workflow  # noqa: E402
 from make_sample_video import render_frames, write_video  # noqa: E402
+from make_tiny_checkpoints import FULL_SIZE  # noqa: E402
 from quick_settings import quick  # noqa: E402
 
-FULL_SIZE = "smoothvideo_random_sd15_fullsize.safetensors"
 PROBE = REPO / "bench" / "scale_probe"
 GIB = 1024.0
 

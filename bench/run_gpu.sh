@@ -89,7 +89,7 @@ case $part in
     bench 200 --python "$host/venv/bin/python" bench/bench_scale.py --host "$host" --device "$device" \
       --frames "${video%x*}" --size "${video#*x}" --server-arg=--front-end-root="$host/frontend" \
       ${BENCH_CHECKPOINT:+--checkpoint "$BENCH_CHECKPOINT"} \
-      --json "$(dirname "$results")/scale_${video}_$#_$RANDOM.json" "$@"
+      --json "$(dirname "$results")/scale_${video}_$RANDOM.json" "$@"
   }
   scale "$size_small" --steps 6 --sample-steps 2
   scale "$size_small" --steps 6 --sample-steps 2 --gradient-checkpointing

@@ -176,20 +176,16 @@ def main() -> None:
     parser.add_argument("--full-size", action="store_true",
                         help=f"write only {FULL_SIZE} (SD1.5's full-size UNet, ~1.7 GB; for the benchmarks)")
     options = parser.parse_args()
-    if options.full_size:
-        path = options.out / FULL_SIZE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        written = write_checkpoint(options.comfy.resolve(), path, 4, unet=SD15_UNET)
-        print(f"make_tiny_checkpoints: {path} {'written' if written else 'up to date'}")
-        return
-    files = [(options.out / name, in_channels, None, None) for name, in_channels in CHECKPOINTS.items()]
+    files = [(options.out / name, in_channels, None, None, TINY_UNET) for name, in_channels in CHECKPOINTS.items()]
     if options.unet_out:
-        files += [(options.unet_out / name, 4, spec, None) for name, spec in UNET_ONLY.items()]
+        files += [(options.unet_out / name, 4, spec, None, TINY_UNET) for name, spec in UNET_ONLY.items()]
     if options.controlnet_out:
-        files += [(options.controlnet_out / name, 4, None, spec) for name, spec in CONTROLNETS.items()]
-    for path, in_channels, unet_only, controlnet in files:
+        files += [(options.controlnet_out / name, 4, None, spec, TINY_UNET) for name, spec in CONTROLNETS.items()]
+    if options.full_size:
+        files = [(options.out / FULL_SIZE, 4, None, None, SD15_UNET)]
+    for path, in_channels, unet_only, controlnet, unet in files:
         path.parent.mkdir(parents=True, exist_ok=True)
-        written = write_checkpoint(options.comfy.resolve(), path, in_channels, unet_only, controlnet)
+        written = write_checkpoint(options.comfy.resolve(), path, in_channels, unet_only, controlnet, unet)
         print(f"make_tiny_checkpoints: {path} {'written' if written else 'up to date'}")
 
 

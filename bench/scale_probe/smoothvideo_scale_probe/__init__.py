@@ -82,12 +82,12 @@ class Probe:
 
     def boundary(self, label: tuple) -> None:
         """Ends the current stage (its figures recorded) and starts `label`'s."""
-        now = time.time()
+        now, in_use = time.time(), malloc_in_use()
         record = {
             "event": self.label[0], "node": self.label[1], "value": self.label[2],
             "start": self.started, "end": now,
             "peak_rss_mib": status_kib("VmHWM") / 1024, "rss_mib": status_kib("VmRSS") / 1024,
-            "peak_malloc_mib": max(self.peak_malloc, malloc_in_use()) / MIB, "malloc_mib": malloc_in_use() / MIB,
+            "peak_malloc_mib": max(self.peak_malloc, in_use) / MIB, "malloc_mib": in_use / MIB,
         }
         try:
             import torch
