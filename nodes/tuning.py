@@ -280,8 +280,9 @@ class OneShotTune(io.ComfyNode):
             gc.collect()
             raise
         finally:
-            # The optimizer state went with the tuner.
+            # The optimizer state went with the tuner; the activations' freed pages go back to the system.
             comfy.model_management.soft_empty_cache()
+            memory.return_freed_host_memory()
         save_tuned_weights_safely(tunable, final_path, metadata)  # the float32 weights
         seconds = time.time() - started
         ran = max(steps - first_step, 0)
