@@ -7,7 +7,7 @@ import os
 import av
 import numpy as np
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import InputImpl, io
 
 import comfy.model_management
 import comfy.utils
@@ -172,22 +172,67 @@ class VLScore(io.ComfyNode):
         return io.NodeOutput(vl, clip_f, clip_t, ui=scores)
 
 
-def decode_video_stream(video) -> torch.Tensor:
-    """All frames of a VIDEO's first video stream, (f, h, w, 3), reading nothing else: a file (Load
-    Video) is decoded here without its audio, to uint8 (a quarter of the float frames' memory until
-    the selection); other VIDEOs (Create Video) give their float frames."""
-    if not hasattr(video, "get_stream_source"):
-        return video.get_components().images
+def trim_window(video) -> tuple[float, float]:
+    """(start, duration) in seconds of a VIDEO trimmed by ComfyUI's Video Slice (0.17 and later;
+    duration 0: to the end; start < 0: from the end, resolved by the reader). ComfyUI 0.33 tells it
+    with get_active_trim_window; 0.17.2 keeps it in the object only; 0.3.75 has no trimming."""
+    if hasattr(video, "get_active_trim_window"):
+        return tuple(float(x) for x in video.get_active_trim_window())
+    return (float(getattr(video, "_VideoFromFile__start_time", 0) or 0),
+            float(getattr(video, "_VideoFromFile__duration", 0) or 0))
+
+
+def read_video_stream(video, stop: int | None = None) -> tuple[torch.Tensor, float]:
+    """The frames of a VIDEO's first video stream up to frame `stop` (None: all), (f, h, w, 3), and
+    its frame rate, reading nothing else: a file (Load Video) is decoded here without its audio,
+    within its trim window, each frame turned upright by its display rotation, to uint8 (a quarter
+    of the float frames' memory until the selection); other VIDEOs (Create Video) give their float
+    frames (every VIDEO has a stream source, but for those it is the frames encoded anew: lossy).
+    A stream that cannot be decoded is refused with what to do."""
+    if not isinstance(video, InputImpl.VideoFromFile):
+        components = video.get_components()
+        return components.images, float(components.frame_rate)
     source = video.get_stream_source()
+    name = os.path.basename(source) if isinstance(source, str) else "this video"
     if hasattr(source, "seek"):
         source.seek(0)
-    with av.open(source, mode="r") as container:
-        if not container.streams.video:
-            raise ValueError("Select Video Frames: this file has no video stream")
-        frames = [torch.from_numpy(frame.to_ndarray(format="rgb24")) for frame in container.decode(video=0)]
+    start, duration = trim_window(video)
+    frames = []
+    try:
+        with av.open(source, mode="r") as container:
+            if not container.streams.video:
+                raise ValueError(f"Select Video Frames: {name} has no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            if start < 0:
+                start = max((container.duration or 0) / av.time_base + start, 0.0)
+            first = int(start / stream.time_base)
+            last = int((start + duration) / stream.time_base) if duration else None
+            if first:
+                container.seek(first, stream=stream)
+            for frame in container.decode(stream):
+                if frame.pts is not None and frame.pts < first:
+                    continue
+                if last is not None and frame.pts is not None and frame.pts >= last:
+                    break
+                picture = frame.to_ndarray(format="rgb24")
+                quarter_turns = int(round(getattr(frame, "rotation", 0) or 0)) // 90
+                if quarter_turns % 4:
+                    picture = np.ascontiguousarray(np.rot90(picture, k=quarter_turns, axes=(0, 1)))
+                frames.append(torch.from_numpy(picture))
+                if stop is not None and len(frames) >= stop:
+                    break
+    except av.error.FFmpegError as error:
+        raise ValueError(
+            f"Select Video Frames: the video stream of {name} cannot be decoded ({error}). Re-encode the clip "
+            "(e.g. ffmpeg -i CLIP -an -c:v libx264 -pix_fmt yuv420p CLIP.mp4) and load that, or load its frames as images"
+        ) from None
     if not frames:
-        raise ValueError("Select Video Frames: the video stream holds no frames; re-export the video")
-    return torch.stack(frames)
+        raise ValueError(f"Select Video Frames: the video stream of {name} holds no frames"
+                         + (" in the trimmed part" if start or duration else "") + "; re-export the video")
+    if not rate:
+        raise ValueError(f"Select Video Frames: the video stream of {name} declares no frame rate; re-export the video")
+    return torch.stack(frames), float(rate)
 
 
 class SelectVideoFrames(io.ComfyNode):
@@ -199,12 +244,15 @@ class SelectVideoFrames(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Takes `count` frames from `start`, every `stride`-th, and resizes them to a size the VAE and "
-                "UNet accept (multiples of 8). Tune-A-Video uses 24 frames at 512 px (8 at 256 px to try quickly)."
+                "UNet accept (multiples of 8), with their frame rate. Connect Load Video's VIDEO: only its video "
+                "stream is read (a clip whose audio track cannot be decoded works). Tune-A-Video uses 24 frames at "
+                "512 px (8 at 256 px to try quickly)."
             ),
             inputs=[
                 io.Image.Input(
                     "images", optional=True,
-                    tooltip="All frames of the video (e.g. from Get Video Components). Or connect video instead.",
+                    tooltip="Instead of video: all frames of a clip as an image batch (e.g. from Get Video Components, "
+                    "with its fps into frame_rate).",
                 ),
                 io.Int.Input("start", default=0, min=0, max=100000, tooltip="First frame taken (0-based)."),
                 io.Int.Input("count", default=24, min=0, max=100000, tooltip="Frames taken; 0 takes all from start."),
@@ -219,15 +267,27 @@ class SelectVideoFrames(io.ComfyNode):
                 ),
                 io.Video.Input(
                     "video", optional=True,
-                    tooltip="Instead of images: the VIDEO of Load Video, whose video stream alone is read (a file whose "
-                    "audio track cannot be decoded stops Get Video Components, not this).",
+                    tooltip="The VIDEO of Load Video (or Trim Video): its video stream alone is read, upright, with "
+                    "its frame rate (a file whose audio track cannot be decoded stops Get Video Components, not this).",
+                ),
+                io.Float.Input(
+                    "frame_rate", default=8.0, min=0.01, max=1000.0, step=0.01, optional=True,
+                    tooltip="The frame rate of images (Get Video Components' fps), for the fps output. With video, "
+                    "the video's own rate is used and this is ignored.",
                 ),
             ],
-            outputs=[io.Image.Output(display_name="images", tooltip="The selected frames, as an image batch.")],
+            outputs=[
+                io.Image.Output(display_name="images", tooltip="The selected frames, as an image batch."),
+                io.Float.Output(
+                    display_name="fps",
+                    tooltip="The frame rate of the selected frames (the clip's divided by stride, so that they last "
+                    "as long as the clip they came from): for Create Video.",
+                ),
+            ],
         )
 
     @classmethod
-    def execute(cls, start, count, stride, width, height, images=None, video=None) -> io.NodeOutput:
+    def execute(cls, start, count, stride, width, height, images=None, video=None, frame_rate=8.0) -> io.NodeOutput:
         if width % 8 or height % 8:
             raise ValueError(f"width and height must be multiples of 8 (got {width}x{height}); or 0 to keep the size")
         if (images is None) == (video is None):
@@ -236,7 +296,9 @@ class SelectVideoFrames(io.ComfyNode):
                 "Video), not " + ("both" if images is not None else "neither")
             )
         if video is not None:
-            frames = select_frames(decode_video_stream(video), start, count, stride)
+            decoded, frame_rate = read_video_stream(video, stop=start + count * stride if count else None)
+            frames = select_frames(decoded, start, count, stride)
+            del decoded
             if frames.dtype == torch.uint8:
                 frames = frames.float() / 255.0
         else:
@@ -245,7 +307,7 @@ class SelectVideoFrames(io.ComfyNode):
             target_w = width or frames.shape[2]
             target_h = height or frames.shape[1]
             frames = comfy.utils.common_upscale(frames.movedim(-1, 1), target_w, target_h, "bilinear", "center").movedim(1, -1)
-        return io.NodeOutput(crop_to_multiple(frames, 8))
+        return io.NodeOutput(crop_to_multiple(frames, 8), float(frame_rate) / stride)
 
 def require_text_projection(clip) -> None:
     """CLIP-T needs the text encoder's trained projection into CLIP's joint space. SD1.x's clip_l

@@ -19,7 +19,7 @@ WORKFLOWS = REPO / "workflows" / "api"
 
 # The node ids the Tune-A-Video and ControlVideo workflows share (a test checks them).
 NODE = {
-    "load": "1", "components": "2", "select": "3", "checkpoint": "4", "source_prompt": "6", "edit_prompt": "7",
+    "load": "1", "select": "3", "checkpoint": "4", "source_prompt": "6", "edit_prompt": "7",
     "tune": "10", "invert": "11", "sampler": "12", "scheduler": "13", "sample": "14", "decode": "15",
     "save_video": "17", "vl_score": "18", "loss_curve": "19",
 }
@@ -124,7 +124,7 @@ def job_graph(arm: Arm, settings: Settings, *, source_file: str, video_frames: i
     inputs("save_video")["filename_prefix"] = f"{output_prefix}/video"
     graph[NODE["loss_curve"]]["inputs"]["filename_prefix"] = f"{output_prefix}/loss"
     graph[FRAMES_NODE] = {"class_type": "SaveImage", "inputs": {"images": [NODE["decode"], 0], "filename_prefix": f"{output_prefix}/frame"}}
-    graph[SOURCE_VIDEO_NODE] = {"class_type": "CreateVideo", "inputs": {"images": [NODE["select"], 0], "fps": [NODE["components"], 2]}}
+    graph[SOURCE_VIDEO_NODE] = {"class_type": "CreateVideo", "inputs": {"images": [NODE["select"], 0], "fps": [NODE["select"], 1]}}
     graph[SOURCE_SAVE_NODE] = {"class_type": "SaveVideo", "inputs": {
         "video": [SOURCE_VIDEO_NODE, 0], "filename_prefix": f"{output_prefix}/source", "format": "mp4", "codec": "h264"}}
     return graph

@@ -31,7 +31,7 @@ def tiny_workflow(name: str, video: str, **save_names) -> dict:
 def tune_graph(video: str, **tune_inputs) -> dict:
     """LoadVideo .. One-shot Tune of tune_a_video_smooth (nodes 1-10), TINY settings, one step."""
     full = quick(load_workflow("tune_a_video_smooth"), TINY)
-    prompt = {node_id: full[node_id] for node_id in map(str, range(1, 11))}
+    prompt = {node_id: full[node_id] for node_id in map(str, range(1, 11)) if node_id in full}
     prompt["1"]["inputs"]["file"] = video
     prompt["10"]["inputs"].update(steps=1, checkpoint_every=0, save_name=f"test_{uuid.uuid4().hex[:6]}")
     prompt["10"]["inputs"].update(tune_inputs)

@@ -34,16 +34,16 @@ def history_error(server, prompt, match):
 
 
 # ---------------------------------------------------------------- 1. empty or unreadable video
-# ComfyUI's LoadVideo opens the file lazily; Get Video Components (stock ComfyUI) is the first
-# node to read it and fails with PyAV's message, before any SmoothVideo node sees the frames.
+# ComfyUI's LoadVideo opens the file lazily; Select Video Frames, which the workflows give Load
+# Video's VIDEO, is the first node to read it and says what to do.
 @pytest.mark.parametrize("content", [b"", b"this is not a video\n"], ids=["zero_bytes", "text_file"])
-def test_an_empty_or_unreadable_video_fails_at_get_video_components(server, content):
+def test_an_empty_or_unreadable_video_fails_at_select_video_frames_with_what_to_do(server, content):
     name = f"bad_{uuid.uuid4().hex[:6]}.mp4"
     (server.base / "input" / name).write_bytes(content)
     prompt = load_workflow("vl_score")
     prompt["1"]["inputs"]["file"] = name
-    error = history_error(server, prompt, f"Invalid data found when processing input: .*{name}")
-    assert error["node_type"] == "GetVideoComponents"
+    error = history_error(server, prompt, f"the video stream of {name} cannot be decoded .*Re-encode the clip")
+    assert error["node_type"] == "SmoothVideo_SelectVideoFrames"
 
 
 # ---------------------------------------------------------------- 2. One-shot Tune

@@ -116,7 +116,7 @@ def test_unreadable_sources_are_refused_with_the_file(tmp_path):
         dataset.load_source(tmp_path / "empty")
 
 
-EXPECTED_NODES = {"load": "LoadVideo", "components": "GetVideoComponents", "select": "SmoothVideo_SelectVideoFrames",
+EXPECTED_NODES = {"load": "LoadVideo", "select": "SmoothVideo_SelectVideoFrames",
                   "checkpoint": "CheckpointLoaderSimple", "source_prompt": "CLIPTextEncode", "edit_prompt": "CLIPTextEncode",
                   "tune": "SmoothVideo_OneShotTune", "invert": "SmoothVideo_DDIMInvertVideo", "sampler": "KSamplerSelect",
                   "scheduler": "BasicScheduler", "sample": "SamplerCustom", "decode": "VAEDecode", "save_video": "SaveVideo",
@@ -140,8 +140,8 @@ def test_an_eq5_arm_differs_from_its_twin_only_in_the_sampler():
     assert eq5[arms.NODE["sampler"]] == {"class_type": "SmoothVideo_SmoothNoiseSampler", "inputs": arms.EQ5,
                                          "_meta": {"title": "Smooth Noise Sampler (Eq. 5)"}}
     # LOVEU's Tune-A-Video config: every frame at 480 px, 500 steps, 50 DDIM steps, gradient checkpointing
-    assert plain[arms.NODE["select"]]["inputs"] | {"images": None} == {
-        "images": None, "start": 0, "count": 32, "stride": 1, "width": 480, "height": 480}
+    assert plain[arms.NODE["select"]]["inputs"] == {
+        "video": [arms.NODE["load"], 0], "start": 0, "count": 32, "stride": 1, "width": 480, "height": 480}
     tune = plain[arms.NODE["tune"]]["inputs"]
     assert (tune["steps"], tune["learning_rate"], tune["lambda2"], tune["seed"], tune["gradient_checkpointing"]) == (500, 3e-5, 0.2, 33, True)
     assert plain[arms.NODE["invert"]]["inputs"]["steps"] == plain[arms.NODE["scheduler"]]["inputs"]["steps"] == 50
