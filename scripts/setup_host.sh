@@ -17,7 +17,8 @@ host=${SMOOTHVIDEO_HOST:-$repo/.host}
 python=${PYTHON:-python3}
 horde_version=2.22.2
 pack_name=ComfyUI-SmoothVideo
-second_host_name=comfyui-0.17.2
+# The newer hosts, each built from its source tree beside this repository when there is one.
+source_hosts=(0.17.2 0.33.0)
 start=$(date +%s)
 
 "$python" - <<'PY' || { echo "setup_host: Python 3.10-3.12 is needed (3.11 is tested); set PYTHON=..." >&2; exit 1; }
@@ -94,69 +95,84 @@ ln -sfn "$repo" "$base/custom_nodes/$pack_name"
 comfy_version() {  # the version a ComfyUI folder declares
   "$venv/bin/python" -c "import sys; sys.path.insert(0, sys.argv[1]); import comfyui_version; print(comfyui_version.__version__)" "$1"
 }
-echo "setup_host: ComfyUI $(comfy_version "$comfy") ready in $host ($(du -sh --exclude="$second_host_name" "$host" | cut -f1), $(( $(date +%s) - start )) s)"
+echo "setup_host: ComfyUI $(comfy_version "$comfy") ready in $host ($(du -sh $(printf -- '--exclude=comfyui-%s ' "${source_hosts[@]}") "$host" | cut -f1), $(( $(date +%s) - start )) s)"
 
-# The second host, ComfyUI 0.17.2, from its source tree beside this repository (see
-# ../shared/hosts/NOTE.md); the tests run every integration test against both hosts.
-# It lives in $host/comfyui-0.17.2/ with the same layout (venv, ComfyUI, base). Its venv
-# reuses the first venv's packages through a .pth file and adds only its own pins
-# (scripts/host-requirements-0.17.2.txt). Without the source tree it is not built, and the
-# tests skip its pass with a one-line reason.
-second_start=$(date +%s)
-second=$host/$second_host_name
-# Where: $SMOOTHVIDEO_COMFYUI_0172, else shared/hosts/comfyui-0.17.2 beside this repository,
-# else beside the repository this one was cloned from (a CI clone elsewhere on the same machine).
-source_tree=""
-origin=$(git -C "$repo" remote get-url origin 2>/dev/null || true)
-for candidate in "${SMOOTHVIDEO_COMFYUI_0172:-}" "$repo/../shared/hosts/$second_host_name" \
-    ${origin:+"${origin%/.git}/../shared/hosts/$second_host_name"}; do
-  if [ -n "$candidate" ] && [ -f "$candidate/main.py" ] && [ -f "$candidate/comfyui_version.py" ]; then
-    source_tree=$(cd "$candidate" && pwd)
-    break
+# The newer hosts, ComfyUI 0.17.2 and 0.33.0, each from its source tree beside this repository
+# (see ../shared/hosts/NOTE.md). Each lives in $host/comfyui-VERSION/ with the same layout (venv,
+# ComfyUI, base). Its venv reuses the first venv's packages through a .pth file and adds only its
+# own pins (scripts/host-requirements-VERSION.txt). Without its source tree a host is not built,
+# and the tests skip its pass with a one-line reason.
+source_host() {  # VERSION: builds $host/comfyui-VERSION from its source tree, when there is one
+  local version=$1 name=comfyui-$1 started
+  started=$(date +%s)
+  local override_name="SMOOTHVIDEO_COMFYUI_${version//./}"  # e.g. SMOOTHVIDEO_COMFYUI_0172
+  local override=${!override_name:-}
+  local dir=$host/$name
+  # Where: $SMOOTHVIDEO_COMFYUI_<digits>, else shared/hosts/comfyui-VERSION beside this repository,
+  # else beside the repository this one was cloned from (a CI clone elsewhere on the same machine).
+  local source_tree="" candidate origin
+  origin=$(git -C "$repo" remote get-url origin 2>/dev/null || true)
+  for candidate in "$override" "$repo/../shared/hosts/$name" ${origin:+"${origin%/.git}/../shared/hosts/$name"}; do
+    if [ -n "$candidate" ] && [ -f "$candidate/main.py" ] && [ -f "$candidate/comfyui_version.py" ]; then
+      source_tree=$(cd "$candidate" && pwd)
+      break
+    fi
+  done
+  if [ -z "$source_tree" ]; then
+    echo "setup_host: no ComfyUI $version source tree (../shared/hosts/$name, or set $override_name=DIR):" \
+      "the ComfyUI $version host is not built; the tests skip its pass"
+    return 0
   fi
+  local own_venv=$dir/venv requirements=$repo/scripts/host-requirements-$version.txt
+  mkdir -p "$dir"
+  if [ ! -x "$own_venv/bin/python" ]; then
+    echo "setup_host: creating $own_venv (it sees $venv's packages)"
+    "$python" -m venv "$own_venv"
+  fi
+  local first_site own_site own_hash
+  first_site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  own_site=$("$own_venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  echo "$first_site" > "$own_site/smoothvideo-first-host.pth"
+  # ...and, in scripts/host-requirements-VERSION-no-deps.txt when there is one, packages installed
+  # without their dependencies (each file says why).
+  local no_deps=$repo/scripts/host-requirements-$version-no-deps.txt
+  own_hash=$(cat "$requirements" "$venv/.smoothvideo-requirements" $([ -f "$no_deps" ] && echo "$no_deps") \
+    | sha256sum | cut -c1-16)
+  if [ "$(cat "$own_venv/.smoothvideo-requirements" 2>/dev/null)" != "$own_hash" ]; then
+    echo "setup_host: installing ComfyUI $version's own pins"
+    "$own_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+      -r "$requirements" 2>&1 | grep -vE "^WARNING: Location|Not uninstalling|Can't uninstall" || true
+    if [ -f "$no_deps" ]; then
+      "$own_venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+        -r "$no_deps" 2>&1 | grep -vE "^WARNING: Location" || true
+    fi
+    "$own_venv/bin/python" -c "import comfyui_frontend_package, comfy_kitchen, simpleeval, blake3" \
+      || { echo "setup_host: ComfyUI $version's packages did not install" >&2; exit 1; }
+    echo "$own_hash" > "$own_venv/.smoothvideo-requirements"
+  fi
+  # A copy of the tree (the source folder stays untouched and may be read-only), renewed when it changed.
+  local tree_hash own_comfy=$dir/ComfyUI
+  tree_hash=$(cd "$source_tree" && find . -type f ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+  if [ "$(cat "$own_comfy/.smoothvideo-source" 2>/dev/null)" != "$tree_hash" ]; then
+    echo "setup_host: copying ComfyUI from $source_tree"
+    rm -rf "$own_comfy.tmp" "$own_comfy"
+    cp -r "$source_tree" "$own_comfy.tmp"
+    chmod -R u+w "$own_comfy.tmp"
+    echo "$tree_hash" > "$own_comfy.tmp/.smoothvideo-source"
+    mv "$own_comfy.tmp" "$own_comfy"
+  fi
+  # Its own base (database, settings, outputs, tuned weights); the tiny checkpoints are the first host's.
+  local own_base=$dir/base folder found
+  mkdir -p "$own_base/models/vae" "$own_base/models/clip_vision" "$own_base/models/smoothvideo" \
+    "$own_base/input" "$own_base/output" "$own_base/user" "$own_base/custom_nodes"
+  for folder in checkpoints diffusion_models controlnet; do
+    ln -sfn "$base/models/$folder" "$own_base/models/$folder"
+  done
+  ln -sfn "$repo" "$own_base/custom_nodes/$pack_name"
+  found=$(comfy_version "$own_comfy")
+  [ "$found" = "$version" ] || { echo "setup_host: $source_tree holds ComfyUI $found, not $version" >&2; exit 1; }
+  echo "setup_host: ComfyUI $version ready in $dir ($(du -sh "$dir" | cut -f1), $(( $(date +%s) - started )) s)"
+}
+for version in "${source_hosts[@]}"; do
+  source_host "$version"
 done
-if [ -z "$source_tree" ]; then
-  echo "setup_host: no ComfyUI 0.17.2 source tree (../shared/hosts/$second_host_name, or set" \
-    "SMOOTHVIDEO_COMFYUI_0172=DIR): only the ComfyUI 0.3.75 host is built; the tests skip the 0.17.2 pass"
-  exit 0
-fi
-second_venv=$second/venv
-mkdir -p "$second"
-if [ ! -x "$second_venv/bin/python" ]; then
-  echo "setup_host: creating $second_venv (it sees $venv's packages)"
-  "$python" -m venv "$second_venv"
-fi
-first_site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-second_site=$("$second_venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-echo "$first_site" > "$second_site/smoothvideo-first-host.pth"
-second_hash=$(cat "$repo/scripts/host-requirements-0.17.2.txt" "$venv/.smoothvideo-requirements" | sha256sum | cut -c1-16)
-if [ "$(cat "$second_venv/.smoothvideo-requirements" 2>/dev/null)" != "$second_hash" ]; then
-  echo "setup_host: installing ComfyUI 0.17.2's own pins"
-  "$second_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    -r "$repo/scripts/host-requirements-0.17.2.txt" 2>&1 | grep -vE "^WARNING: Location|Not uninstalling|Can't uninstall" || true
-  "$second_venv/bin/python" -c "import comfyui_frontend_package, comfy_kitchen, simpleeval, blake3" \
-    || { echo "setup_host: ComfyUI 0.17.2's packages did not install" >&2; exit 1; }
-  echo "$second_hash" > "$second_venv/.smoothvideo-requirements"
-fi
-# A copy of the tree (the source folder stays untouched and may be read-only), renewed when it changed.
-tree_hash=$(cd "$source_tree" && find . -type f ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
-second_comfy=$second/ComfyUI
-if [ "$(cat "$second_comfy/.smoothvideo-source" 2>/dev/null)" != "$tree_hash" ]; then
-  echo "setup_host: copying ComfyUI from $source_tree"
-  rm -rf "$second_comfy.tmp" "$second_comfy"
-  cp -r "$source_tree" "$second_comfy.tmp"
-  chmod -R u+w "$second_comfy.tmp"
-  echo "$tree_hash" > "$second_comfy.tmp/.smoothvideo-source"
-  mv "$second_comfy.tmp" "$second_comfy"
-fi
-# Its own base (database, settings, outputs, tuned weights); the tiny checkpoints are the first host's.
-second_base=$second/base
-mkdir -p "$second_base/models/vae" "$second_base/models/clip_vision" "$second_base/models/smoothvideo" \
-  "$second_base/input" "$second_base/output" "$second_base/user" "$second_base/custom_nodes"
-for folder in checkpoints diffusion_models controlnet; do
-  ln -sfn "$base/models/$folder" "$second_base/models/$folder"
-done
-ln -sfn "$repo" "$second_base/custom_nodes/$pack_name"
-version=$(comfy_version "$second_comfy")
-[ "$version" = 0.17.2 ] || { echo "setup_host: $source_tree holds ComfyUI $version, not 0.17.2" >&2; exit 1; }
-echo "setup_host: ComfyUI $version ready in $second ($(du -sh "$second" | cut -f1), $(( $(date +%s) - second_start )) s)"

@@ -183,7 +183,7 @@ def test_tuned_weights_load_only_onto_controlvideo_with_their_key_frame(server, 
 @pytest.mark.parametrize("where", ["tuning", "inversion", "sampling"])
 def test_a_control_batch_of_other_frames_is_refused_with_both_counts(server, sample_video, where):
     frames = {"class_type": "SmoothVideo_SelectVideoFrames",
-              "inputs": {"images": ["2", 0], "start": 0, "count": 3, "stride": 1, "width": 80, "height": 80}}
+              "inputs": {"video": ["1", 0], "start": 0, "count": 3, "stride": 1, "width": 80, "height": 80}}
     prompt = renamed(SMOOTH, sample_video[0])
     prompt["c3"] = frames
     prompt["c4"] = {"class_type": "Canny", "inputs": {"image": ["c3", 0], "low_threshold": 0.4, "high_threshold": 0.4}}

@@ -166,7 +166,7 @@ def test_a_cross_frame_model_is_refused_where_it_does_not_fit(server, sample_vid
         server.run(again)
 
     workflow = tiny_workflow(T2V_ZERO, sample_video[0])
-    tune = {node_id: workflow[node_id] for node_id in ("1", "2", "3", "4", "5", CROSS_FRAME)}
+    tune = {node_id: workflow[node_id] for node_id in ("1", "3", "4", "5", CROSS_FRAME)}
     tune["18"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["3", 0], "vae": ["4", 2]}}
     tune["19"] = {
         "class_type": "SmoothVideo_OneShotTune",

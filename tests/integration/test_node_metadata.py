@@ -9,7 +9,7 @@ import pytest
 from comfy_host import HOSTS
 from graphs import PACK_NODES
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.every_host]
 EXPECTED = PACK_NODES
 
 

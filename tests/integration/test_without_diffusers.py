@@ -13,7 +13,7 @@ import pytest
 from comfy_host import node_output
 from graphs import PACK_NODES, tiny_workflow
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.every_host]
 REPO = pathlib.Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted(path.stem for path in (REPO / "workflows" / "api").glob("*.json"))
 
