@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test suite, from a fresh machine: set up the hosts (idempotent), then run every test
 # (unit tests of the core, and integration tests against real ComfyUI servers: each one on
-# ComfyUI 0.3.75 and on 0.17.2, the test id naming the version).
+# ComfyUI 0.3.75 and 0.33.0, and the every_host set on 0.17.2, the test id naming the version).
 #
 # With no arguments the unit tests run twice: first on plain CPU kernels (PyTorch's own with
 # ATEN_CPU_CAPABILITY=default, oneDNN's and MKL's capped at SSE4), then, with everything else,

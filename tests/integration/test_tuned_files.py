@@ -184,7 +184,7 @@ def test_a_one_frame_video_is_counted_as_one_frame(server):
     name = f"one_frame_{uuid.uuid4().hex[:6]}.mp4"
     write_video(server.base / "input" / name, render_frames(frames=1, size=64, seed=3), fps=8)
     prompt = tune_graph(name)
-    prompt = {node_id: prompt[node_id] for node_id in ("1", "2", "3")}
+    prompt = {node_id: prompt[node_id] for node_id in ("1", "3")}
     prompt["3"]["inputs"].update(start=1, count=1)
     prompt["4"] = {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}}
     message = run_error(server, prompt)
