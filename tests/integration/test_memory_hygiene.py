@@ -33,9 +33,8 @@ def probe(server, after: dict | None = None) -> dict:
     if after:
         prompt, inputs = dict(after), {"after": ["10", 0]}
     else:
-        prompt = {"first": {"class_type": "EmptyLatentImage",
-                            "inputs": {"width": 64 + 8 * next(PROBES), "height": 64, "batch_size": 1}}}
-        inputs = {"after": ["first", 0]}
+        prompt = {"first": {"class_type": "SmoothVideoTest_Tick", "inputs": {"n": next(PROBES)}}}
+        inputs = {"tick": ["first", 0]}
     prompt["probe"] = {"class_type": "SmoothVideoTest_LiveObjects", "inputs": inputs}
     return server.run(prompt)["outputs"]["probe"]["live"][0]
 

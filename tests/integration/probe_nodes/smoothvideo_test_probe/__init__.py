@@ -40,14 +40,15 @@ class LiveObjects:
 
     @classmethod
     def INPUT_TYPES(cls):
-        # "after": any output, only to order the probe after that node in the same prompt.
-        return {"required": {}, "optional": {"after": ("*",)}}
+        # "after": any output, only to order the probe after that node in the same prompt; "tick":
+        # a Tick's, to run a node of the prompt before it.
+        return {"required": {}, "optional": {"after": ("*",), "tick": ("INT",)}}
 
     @classmethod
     def IS_CHANGED(cls, **kwargs):
         return float("nan")  # never cached: every run looks again
 
-    def probe(self, after=None):
+    def probe(self, after=None, tick=None):
         return {"ui": {"live": [live_objects()]}}
 
 
@@ -74,5 +75,21 @@ class ReplaceAttn1:
         return (patched,)
 
 
-NODE_CLASS_MAPPINGS = {"SmoothVideoTest_LiveObjects": LiveObjects, "SmoothVideoTest_ReplaceAttn1": ReplaceAttn1}
+class Tick:
+    """Returns its number: a node that runs anew for every new number (a prompt's first node)."""
+
+    CATEGORY = "testing"
+    FUNCTION = "tick"
+    RETURN_TYPES = ("INT",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"n": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
+
+    def tick(self, n):
+        return (n,)
+
+
+NODE_CLASS_MAPPINGS = {"SmoothVideoTest_LiveObjects": LiveObjects, "SmoothVideoTest_ReplaceAttn1": ReplaceAttn1,
+                       "SmoothVideoTest_Tick": Tick}
 
