@@ -182,10 +182,10 @@ def trim_window(video) -> tuple[float, float]:
             float(getattr(video, "_VideoFromFile__duration", 0) or 0))
 
 
-def read_video_stream(video, stop: int | None = None) -> tuple[torch.Tensor, float]:
+def read_video_stream(video, stop: int | None = None) -> tuple[torch.Tensor, float | None]:
     """The frames of a VIDEO's first video stream up to frame `stop` (None: all), (f, h, w, 3), and
-    its frame rate, reading nothing else: a file (Load Video) is decoded here without its audio,
-    within its trim window, each frame turned upright by its display rotation, to uint8 (a quarter
+    its frame rate (None when the file declares none), reading nothing else: a file (Load Video) is
+    decoded here without its audio, within its trim window, each frame turned upright by its display rotation, to uint8 (a quarter
     of the float frames' memory until the selection); other VIDEOs (Create Video) give their float
     frames (every VIDEO has a stream source, but for those it is the frames encoded anew: lossy).
     A stream that cannot be decoded is refused with what to do."""
@@ -211,7 +211,7 @@ def read_video_stream(video, stop: int | None = None) -> tuple[torch.Tensor, flo
             if first:
                 container.seek(first, stream=stream)
             for frame in container.decode(stream):
-                if frame.pts is not None and frame.pts < first:
+                if first and frame.pts is not None and frame.pts < first:
                     continue
                 if last is not None and frame.pts is not None and frame.pts >= last:
                     break
@@ -230,9 +230,7 @@ def read_video_stream(video, stop: int | None = None) -> tuple[torch.Tensor, flo
     if not frames:
         raise ValueError(f"Select Video Frames: the video stream of {name} holds no frames"
                          + (" in the trimmed part" if start or duration else "") + "; re-export the video")
-    if not rate:
-        raise ValueError(f"Select Video Frames: the video stream of {name} declares no frame rate; re-export the video")
-    return torch.stack(frames), float(rate)
+    return torch.stack(frames), float(rate) if rate else None
 
 
 class SelectVideoFrames(io.ComfyNode):
@@ -273,7 +271,7 @@ class SelectVideoFrames(io.ComfyNode):
                 io.Float.Input(
                     "frame_rate", default=8.0, min=0.01, max=1000.0, step=0.01, optional=True,
                     tooltip="The frame rate of images (Get Video Components' fps), for the fps output. With video, "
-                    "the video's own rate is used and this is ignored.",
+                    "the video's own rate is used (this only where the file declares none).",
                 ),
             ],
             outputs=[
@@ -296,7 +294,8 @@ class SelectVideoFrames(io.ComfyNode):
                 "Video), not " + ("both" if images is not None else "neither")
             )
         if video is not None:
-            decoded, frame_rate = read_video_stream(video, stop=start + count * stride if count else None)
+            decoded, rate = read_video_stream(video, stop=start + count * stride if count else None)
+            frame_rate = rate or frame_rate
             frames = select_frames(decoded, start, count, stride)
             del decoded
             if frames.dtype == torch.uint8:
