@@ -185,9 +185,9 @@ def trim_window(video) -> tuple[float, float]:
 def read_video_stream(video, stop: int | None = None) -> tuple[torch.Tensor, float | None]:
     """The frames of a VIDEO's first video stream up to frame `stop` (None: all), (f, h, w, 3), and
     its frame rate (None when the file declares none), reading nothing else: a file (Load Video) is
-    decoded here without its audio, within its trim window, each frame turned upright by its display rotation, to uint8 (a quarter
-    of the float frames' memory until the selection); other VIDEOs (Create Video) give their float
-    frames (every VIDEO has a stream source, but for those it is the frames encoded anew: lossy).
+    decoded here without its audio, within its trim window, each frame turned upright by its display
+    rotation, to uint8 (a quarter of the float frames' memory until the selection); other VIDEOs
+    (Create Video) give their float frames (every VIDEO has a stream source, but for those it is the frames encoded anew: lossy).
     A stream that cannot be decoded is refused with what to do."""
     if not isinstance(video, InputImpl.VideoFromFile):
         components = video.get_components()
@@ -297,7 +297,6 @@ class SelectVideoFrames(io.ComfyNode):
             decoded, rate = read_video_stream(video, stop=start + count * stride if count else None)
             frame_rate = rate or frame_rate
             frames = select_frames(decoded, start, count, stride)
-            del decoded
             if frames.dtype == torch.uint8:
                 frames = frames.float() / 255.0
         else:

@@ -6,7 +6,7 @@ import uuid
 
 from safetensors.torch import load_file
 
-from comfy_host import load_workflow
+from comfy_host import load_workflow, node_output
 from quick_settings import TINY, quick
 
 # Every node the pack registers (what /object_info lists under its module).
@@ -16,6 +16,12 @@ PACK_NODES = {
     "SmoothVideo_DDIMInvertVideo", "SmoothVideo_OneShotTune", "SmoothVideo_LoadTunedVideoWeights",
     "SmoothVideo_SmoothNoise", "SmoothVideo_InflateControlVideo", "SmoothVideo_LoadLoveuClip",
 }
+
+
+def output_file(server, entry, node_id: str, index: int = 0):
+    """The path of the index-th file a node of a finished prompt wrote (SaveImage, SaveVideo)."""
+    item = node_output(entry, node_id)["images"][index]
+    return server.base / item["type"] / item["subfolder"] / item["filename"]
 
 
 def tiny_workflow(name: str, video: str, **save_names) -> dict:

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from comfy_host import ComfyError, load_workflow, node_output
-from graphs import tiny_workflow
+from graphs import output_file, tiny_workflow
 from make_sample_video import render_frames, write_video
 
 pytestmark = pytest.mark.integration
@@ -88,13 +88,12 @@ def frames_prompt(file: str, video_source: list | None = None, **select) -> dict
 
 
 def saved_frames(server, entry, node_id="4") -> np.ndarray:
-    return np.stack([np.asarray(Image.open(server.base / "output" / item["subfolder"] / item["filename"]).convert("RGB"))
-                     for item in node_output(entry, node_id)["images"]])
+    return np.stack([np.asarray(Image.open(output_file(server, entry, node_id, index)).convert("RGB"))
+                     for index in range(len(node_output(entry, node_id)["images"]))])
 
 
 def saved_video_rate(server, entry, node_id="6") -> float:
-    item = node_output(entry, node_id)["images"][0]
-    with av.open(str(server.base / "output" / item["subfolder"] / item["filename"])) as container:
+    with av.open(str(output_file(server, entry, node_id))) as container:
         return float(container.streams.video[0].average_rate)
 
 

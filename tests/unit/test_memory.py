@@ -72,13 +72,13 @@ def test_any_other_error_frees_the_failed_call_and_is_reraised_as_it_was(error):
 
 
 RETURN_PAGES = r"""
-import sys, torch
+import os, sys, torch
 sys.path.insert(0, sys.argv[1])
 from smooth_core.memory import return_freed_host_memory
 
 def rss_mib():
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 kept, freed = [], []
 for _ in range(16384):  # 512 MiB of 32 KiB tensors (below glibc's mmap threshold), each followed by a small kept one
