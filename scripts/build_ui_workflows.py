@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import pathlib
+import re
 
 from comfy_host import REPO, ComfyServer
 
@@ -51,11 +52,12 @@ INTER = [
     242, 876, 591, 600, 612, 612, 376, 528, 327, 591, 562, 818, 546, 562, 552, 426, 333, 426, 662,
 ]
 PREVIEW = 400  # a loader's preview of its picture or video (the sample clip is square)
-GAP_X, GAP_Y, BAND_GAP = 36, 30, 60
+GAP_X, GAP_Y, BAND_GAP = 36, 30, 40
 # The screen the layout is made for: the README's screenshots (tests/integration/test_browser.py)
 # use this viewport and fit the graph in the part of it the frontend's menus leave free.
 SCREEN = (1920, 1200)
 FREE = (SCREEN[0] - 90, SCREEN[1] - 160)
+FREE_AT = (70, 100)  # the top left corner of FREE: right of the sidebar, below the tabs and the Run bar
 # The canvas draws no text below 8/14 = 0.57 (its default LiteGraph.Canvas.MinFontSizeForLOD).
 LEGIBLE_ZOOM = 0.62
 ENOUGH_ZOOM = 0.85
@@ -190,71 +192,186 @@ def lay_band(columns: list[list[str]], sizes, prompt, users, limit: int) -> tupl
     return width, height, len(stacks) - len(columns), placed
 
 
-def place(prompt: dict, sizes: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int, int]]:
-    """x, y (of the title's top) and width of each node: the columns left to right, wrapped in
-    up to MAX_BANDS bands below each other (between layers), each band's columns no taller than a
-    limit. Of the wrappings and limits, the layout that shows the whole graph on SCREEN at
-    LEGIBLE_ZOOM (or as close as it gets) with the fewest split columns, then the largest zoom up
-    to ENOUGH_ZOOM, then the fewest bands."""
-    layers = columns_of(prompt)
+# Each node's stage: its group in the UI workflow. A class named here goes to that stage; "inputs":
+# the latest stage of its inputs (a decode, a save follow what they decode or save); "users": the
+# earliest stage of the nodes it feeds (a scheduler shared by inversion and sampling is the
+# inversion's; the source latents are the tune's).
+STAGE_OF_CLASS = {
+    "LoadVideo": "source", "SmoothVideo_SelectVideoFrames": "source", "Canny": "source",
+    "CheckpointLoaderSimple": "model", "CLIPTextEncode": "model", "SmoothVideo_InflateUNet": "model",
+    "SmoothVideo_InflateControlVideo": "model", "ControlNetLoader": "model", "ControlNetApplyAdvanced": "model",
+    "InstructPixToPixConditioning": "model", "SmoothVideo_CrossFrameAttention": "model",
+    "SmoothVideo_SmoothNoise": "model",
+    "SmoothVideo_OneShotTune": "tune",
+    "SmoothVideo_DDIMInvertVideo": "invert",
+    "SamplerCustom": "sample", "SamplerCustomAdvanced": "sample", "DualCFGGuider": "sample",
+    "SmoothVideo_VLScore": "score", "ImageStitch": "score",
+    "VAEEncode": "users", "BasicScheduler": "users", "KSamplerSelect": "users",
+    "SmoothVideo_SameNoiseForAllFrames": "users", "SmoothVideo_SmoothNoiseSampler": "users",
+    "VAEDecode": "inputs", "CreateVideo": "inputs", "SaveVideo": "inputs", "SaveImage": "inputs",
+}
+STAGES = {
+    "source": ("Source: the clip's frames", "#3f789e"),
+    "model": ("Model and prompts", "#8A8"),
+    "tune": ("Tune on the clip", "#b06634"),
+    "invert": ("Invert the clip (DDIM)", "#a1309b"),
+    "sample": ("Sample the edit", "#b58b2a"),
+    "score": ("Score and compare", "#88A"),
+}
+GROUP_TITLE, GROUP_PAD = 34, 10  # LiteGraph's group title bar (24 px font) and the room around the nodes
+NOTE_WIDTHS = (380, 460, 540)
+
+
+def stages_of(prompt: dict) -> dict[str, str]:
+    """Each node's stage (a key of STAGES)."""
     users: dict[str, list[str]] = {i: [] for i in prompt}
     for i in prompt:
         for p in predecessors(prompt, i):
             users[p].append(i)
-    tallest = max(TITLE + h for _, h in sizes.values())
-    total = sum(TITLE + h + GAP_Y for _, h in sizes.values())
-    limits = sorted({tallest, total, *range(tallest - tallest % 50 + 50, total, 50)})
-    # Every band (a run of layers) at every limit: its width, height, split columns and nodes.
-    bands = {}
-    for a in range(len(layers)):
-        for b in range(a + 1, len(layers) + 1):
-            columns = [c for layer in layers[a:b] for c in layer]
-            seen = set()
-            for limit in limits:
-                option = lay_band(columns, sizes, prompt, users, limit)
-                if option[:3] not in seen:
-                    seen.add(option[:3])
-                    bands.setdefault((a, b), []).append(option)
+    order = list(STAGES)
+    stage: dict[str, str] = {}
+
+    def visit(node_id: str, seen=()) -> str:
+        if node_id in stage:
+            return stage[node_id]
+        kind = prompt[node_id]["class_type"]
+        if kind not in STAGE_OF_CLASS:
+            raise ValueError(f"node {node_id}: no stage for {kind}: add it to STAGE_OF_CLASS")
+        rule = STAGE_OF_CLASS[kind]
+        if rule == "inputs":
+            rule = max((visit(p) for p in predecessors(prompt, node_id)), key=order.index)
+        elif rule == "users":
+            rule = min((visit(u) for u in users[node_id]), key=order.index)
+        stage[node_id] = rule
+        return rule
+
+    for node_id in prompt:
+        visit(node_id)
+    return stage
+
+
+def note_height(text: str, width: int) -> int:
+    """The height a Markdown Note needs for text at width: its lines wrapped in the 14 px font
+    (headings larger), with the widget's margins."""
+    height = 24
+    for paragraph in text.strip().split("\n"):
+        if not paragraph.strip():
+            height += 8
+            continue
+        size = 20 if paragraph.startswith("#") else 14
+        words = re.sub(r"[*`#]", "", paragraph).split()
+        lines, line = 1, ""
+        for word in words:
+            candidate = f"{line} {word}".strip()
+            if line and text_width(candidate, size) > width - 36:
+                lines, line = lines + 1, word
+            else:
+                line = candidate
+        height += lines * round(size * 1.5) + 4
+    return int(-(-height // 10) * 10)
+
+
+def stage_blocks(prompt: dict, sizes, note: str | None):
+    """The blocks laid out in rows: the note (if any), then each stage's nodes, in STAGES order.
+    Each block is (stage or None, its layout options); an option is (width, height, split
+    columns, positions from its top left corner) with the group's frame included."""
+    stage = stages_of(prompt)
+    blocks = []
+    if note is not None:
+        blocks.append((None, [(w, note_height(note, w), 0, {}) for w in NOTE_WIDTHS]))
+    for name in STAGES:
+        members = [i for i in prompt if stage[i] == name]
+        if not members:
+            continue
+        # The stage alone: links from other stages are drawn between the groups.
+        sub = {i: {**prompt[i], "inputs": {k: v for k, v in prompt[i]["inputs"].items()
+                                           if not isinstance(v, list) or v[0] in members}} for i in members}
+        users: dict[str, list[str]] = {i: [] for i in sub}
+        for i in sub:
+            for p in predecessors(sub, i):
+                users[p].append(i)
+        columns = [c for layer in columns_of(sub) for c in layer]
+        tallest = max(TITLE + sizes[i][1] for i in members)
+        total = sum(TITLE + sizes[i][1] + GAP_Y for i in members)
+        options, seen = [], set()
+        for limit in sorted({tallest, total, *range(tallest - tallest % 50 + 50, total, 50)}):
+            width, height, splits, placed = lay_band(columns, sizes, sub, users, limit)
+            if (width, height, splits) in seen:
+                continue
+            seen.add((width, height, splits))
+            framed = {i: (x + GROUP_PAD, y + GROUP_PAD + GROUP_TITLE, w) for i, (x, y, w) in placed.items()}
+            options.append((width + 2 * GROUP_PAD, height + 2 * GROUP_PAD + GROUP_TITLE, splits, framed))
+        blocks.append((name, options))
+    return blocks
+
+
+def place(prompt: dict, sizes: dict[str, tuple[int, int]], note: str | None = None):
+    """Positions of the nodes (x, y of the title's top, width), of the note (x, y, width, height)
+    and the groups (title, colour, [x, y, w, h]): each stage's nodes in a group of their own, the
+    groups in STAGES order left to right, wrapped into up to MAX_BANDS rows, the note before any
+    of them or after the last. Of the wrappings, the note's places and each block's layouts, the
+    one that shows the whole graph on SCREEN at LEGIBLE_ZOOM (or as close as it gets) with the
+    fewest split columns, then the largest zoom up to ENOUGH_ZOOM, then the fewest rows, then the
+    note furthest left."""
+    blocks = stage_blocks(prompt, sizes, note)
+    note_block, stage_list = (blocks[0], blocks[1:]) if note is not None else (None, blocks)
+    most = 1 + sum(max(o[2] for o in options) for _, options in stage_list)
     best = None
-    n = len(layers)
-    cuts = [cut for k in range(MAX_BANDS) for cut in itertools.combinations(range(1, n), k)]
-    for cut in cuts:
-        runs = list(zip((0, *cut), (*cut, n)))
-        if min(len(bands[r][0][3]) for r in runs) < len(prompt) // 5:
-            continue  # a band of a few nodes: a tail, not a part of the graph
-        # The zoom follows from the widest band and the bands' total height: for each width
-        # allowed and each number of split columns allowed, each band takes its lowest layout.
-        for widest in sorted({o[0] for r in runs for o in bands[r]}):
-            for most_splits in range(1 + max(o[2] for r in runs for o in bands[r])):
-                choice = []
-                for r in runs:
-                    fits = [o for o in bands[r] if o[0] <= widest and o[2] <= most_splits]
-                    if not fits:
-                        break
-                    choice.append(min(fits, key=lambda o: (o[1], o[2])))
-                else:
-                    width = max(o[0] for o in choice)
-                    height = sum(o[1] for o in choice) + BAND_GAP * (len(choice) - 1)
-                    zoom = min(FREE[0] / (width + 20), FREE[1] / (height + 20), 1.0)
-                    splits = sum(o[2] for o in choice)
-                    key = (round(min(zoom, LEGIBLE_ZOOM), 2), -splits, round(min(zoom, ENOUGH_ZOOM), 2), -len(runs), zoom)
+    for where in range(len(stage_list) + 1 if note_block else 1):
+        order = stage_list[:where] + [note_block] + stage_list[where:] if note_block else stage_list
+        n = len(order)
+        for cut in (c for k in range(MAX_BANDS) for c in itertools.combinations(range(1, n), k)):
+            rows = list(zip((0, *cut), (*cut, n)))
+            for most_splits in range(most):
+                allowed = [[o for o in options if o[2] <= most_splits] or [min(options, key=lambda o: o[2])]
+                           for _, options in order]
+                # Each row's layouts: for each height allowed, each block's narrowest layout no taller.
+                frontiers = []
+                for a, b in rows:
+                    frontier = []
+                    for height in sorted({o[1] for k in range(a, b) for o in allowed[k]}):
+                        picks = [min((o for o in allowed[k] if o[1] <= height), key=lambda o: o[0], default=None)
+                                 for k in range(a, b)]
+                        if None not in picks:
+                            width = sum(o[0] for o in picks) + GAP_X * (b - a - 1)
+                            if not frontier or width < frontier[-1][1]:
+                                frontier.append((height, width, picks))
+                    frontiers.append(frontier)
+                for widest in sorted({f[1] for frontier in frontiers for f in frontier}):
+                    chosen = [next((f for f in frontier if f[1] <= widest), None) for frontier in frontiers]
+                    if None in chosen:
+                        continue
+                    height = sum(f[0] for f in chosen) + BAND_GAP * (len(rows) - 1)
+                    zoom = min(FREE[0] / (widest + 20), FREE[1] / (height + 20), 1.0)
+                    splits = sum(o[2] for f in chosen for o in f[2])
+                    key = (round(min(zoom, LEGIBLE_ZOOM), 2), -splits, round(min(zoom, ENOUGH_ZOOM), 2),
+                           -len(rows), -where, zoom)
                     if best is None or key > best[0]:
-                        best = (key, choice)
-    placed, top = {}, 0
-    for _, height, _, band in best[1]:
-        placed.update({i: (x, top + y, w) for i, (x, y, w) in band.items()})
-        top += height + BAND_GAP
-    return placed
+                        best = (key, order, rows, chosen)
+    _, order, rows, chosen = best
+    placed, groups, note_box, top = {}, [], None, 0
+    for (a, b), (row_height, _, picks) in zip(rows, chosen):
+        left = 0
+        for (name, _), (width, height, _, nodes) in zip(order[a:b], picks):
+            if name is None:
+                note_box = (left, top, width, height)
+            else:
+                title, colour = STAGES[name]
+                groups.append((title, colour, [left, top, width, height]))
+                placed.update({i: (left + x, top + y, w) for i, (x, y, w) in nodes.items()})
+            left += width + GAP_X
+        top += row_height + BAND_GAP
+    return placed, note_box, groups
 
 
-def api_to_ui(prompt: dict, object_info: dict) -> dict:
+def api_to_ui(prompt: dict, object_info: dict, note: str | None = None) -> dict:
     depth = depth_of(prompt)
     titles = {
         i: node.get("_meta", {}).get("title", object_info[node["class_type"]].get("display_name", node["class_type"]))
         for i, node in prompt.items()
     }
     sizes = {i: node_size(object_info[node["class_type"]], titles[i]) for i, node in prompt.items()}
-    placed = place(prompt, sizes)
+    placed, note_box, groups = place(prompt, sizes, note)
     links, nodes = [], []
     outputs: dict[tuple[str, int], list[int]] = {}
     for node_id in sorted(prompt, key=int):
@@ -302,24 +419,53 @@ def api_to_ui(prompt: dict, object_info: dict) -> dict:
         ]
     for order, node_id in enumerate(sorted(prompt, key=lambda i: (depth[i], int(i)))):
         next(n for n in nodes if n["id"] == int(node_id))["order"] = order
+    boxes = [box for _, _, box in groups]
+    if note_box is not None:
+        # The frontend's Markdown Note: a page-only node (never queued), here beside the source.
+        x, y, width, height = note_box
+        boxes.append(list(note_box))
+        nodes.append({
+            "id": max(int(i) for i in prompt) + 1, "type": "MarkdownNote", "pos": [x, y + TITLE],
+            "size": [width, height - TITLE], "flags": {}, "order": len(nodes), "mode": 0, "inputs": [],
+            "outputs": [], "title": "Note: read me first", "properties": {}, "widgets_values": [note],
+            "color": "#432", "bgcolor": "#653",
+        })
     return {
-        "last_node_id": max(int(i) for i in prompt),
+        "last_node_id": max(n["id"] for n in nodes),
         "last_link_id": len(links),
         "nodes": nodes,
         "links": links,
-        "groups": [],
+        "groups": [
+            {"id": n + 1, "title": title, "bounding": box, "color": colour, "font_size": 24, "flags": {}}
+            for n, (title, colour, box) in enumerate(groups)
+        ],
         "config": {},
-        "extra": {},
+        "extra": {"ds": opening_view(boxes)},
         "version": 0.4,
     }
 
 
+def opening_view(boxes: list[list[int]]) -> dict:
+    """The view the workflow opens at (LiteGraph's DragAndScale: page = (graph + offset) * scale):
+    the whole graph centred in FREE at the largest zoom up to 100 % (2 decimals, rounded down)."""
+    x0, y0 = min(b[0] for b in boxes) - 10, min(b[1] for b in boxes) - 10
+    x1, y1 = max(b[0] + b[2] for b in boxes) + 10, max(b[1] + b[3] for b in boxes) + 10
+    scale = min(FREE[0] / (x1 - x0), FREE[1] / (y1 - y0), 1.0) // 0.01 / 100
+    offset = [FREE_AT[k] / scale + (FREE[k] / scale - (x1 - x0, y1 - y0)[k]) / 2 - (x0, y0)[k] for k in (0, 1)]
+    return {"scale": scale, "offset": [round(v, 1) for v in offset]}
+
+
 def build_all(object_info: dict) -> dict[pathlib.Path, str]:
-    """Target path -> the UI workflow text for every API workflow."""
-    return {
-        WORKFLOWS / api.name: json.dumps(api_to_ui(json.loads(api.read_text()), object_info), indent=2) + "\n"
-        for api in sorted((WORKFLOWS / "api").glob("*.json"))
-    }
+    """Target path -> the UI workflow text for every API workflow, with its note
+    (workflows/notes/NAME.md)."""
+    built = {}
+    for api in sorted((WORKFLOWS / "api").glob("*.json")):
+        note = WORKFLOWS / "notes" / f"{api.stem}.md"
+        if not note.exists():
+            raise FileNotFoundError(f"{note.relative_to(REPO)} missing: every workflow has a note")
+        ui = api_to_ui(json.loads(api.read_text()), object_info, note.read_text().strip())
+        built[WORKFLOWS / api.name] = json.dumps(ui, indent=2) + "\n"
+    return built
 
 
 def main() -> None:

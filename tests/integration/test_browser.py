@@ -18,9 +18,10 @@ import urllib.parse
 
 import pytest
 from PIL import Image, PngImagePlugin
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
-from build_ui_workflows import FREE, SCREEN
+from build_ui_workflows import FREE, FREE_AT, SCREEN, STAGES, stages_of
 from comfy_host import HOSTS, load_workflow
 from quick_settings import TINY
 
@@ -40,7 +41,6 @@ DIALOG = ".p-dialog, [role=dialog]"
 PROBLEMS = ".p-dialog, .p-toast-message-error, [data-testid=error-overlay]"
 # The screenshots and thumbnails are the newest host's (its frontend is what users see first).
 NEWEST_HOST = list(HOSTS)[-1]
-FREE_AT = (70, 100)  # the top left corner of FREE: right of the sidebar, below the tabs and the Run bar
 THUMBNAIL_WIDTH = 400
 pytestmark = [pytest.mark.integration, pytest.mark.every_host]
 
@@ -73,9 +73,15 @@ def page(host, server, sample_video):
                 " && window.LiteGraph?.registered_node_types['SmoothVideo_VLScore'])",
                 timeout=60_000,
             )
-            # A first start shows the templates browser; close it like a user would.
+            # A first start shows the templates browser (a moment after the graph is ready); close it
+            # like a user would.
+            try:
+                tab.locator(DIALOG).first.wait_for(timeout=5_000)
+            except PlaywrightTimeout:
+                pass
             if tab.locator(DIALOG).count():
                 tab.locator(DIALOG).locator("button:has(i.pi-times)").first.click()
+                tab.locator(DIALOG).first.wait_for(state="detached")
             # Settings live in the host's user/ folder (.host/base/user), not in the browser.
             tab.evaluate("""async () => {
                 const settings = window.app.extensionManager.setting;
@@ -126,8 +132,8 @@ def fit_graph(page) -> dict:
     return page.evaluate("""([left, top, width, height]) => {
         const canvas = window.app.canvas, ds = canvas.ds;
         const box = [Infinity, Infinity, -Infinity, -Infinity];
-        for (const node of window.app.graph.nodes) {
-            const [x, y, w, h] = node.boundingRect;
+        const groups = window.app.graph.groups ?? window.app.graph._groups ?? [];
+        for (const [x, y, w, h] of [...window.app.graph.nodes.map((n) => n.boundingRect), ...groups.map((g) => g.boundingRect ?? g._bounding)]) {
             box[0] = Math.min(box[0], x - 10); box[1] = Math.min(box[1], y - 10);
             box[2] = Math.max(box[2], x + w + 10); box[3] = Math.max(box[3], y + h + 10);
         }
@@ -246,6 +252,34 @@ def test_dropped_workflow_opens_with_every_node_and_widget(page, path):
     types = sorted({node["type"] for node in workflow["nodes"]})
     drop_file(page, path.name, path.read_text())
     wait_until_open(page, path.stem, len(workflow["nodes"]))
+    page.evaluate("() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
+
+    # It opens at its own view (extra.ds): all of it on the page, at a zoom where the canvas draws text.
+    opened = page.evaluate("""() => {
+        const canvas = window.app.canvas, ds = canvas.ds, groups = window.app.graph.groups ?? window.app.graph._groups;
+        const rects = [...window.app.graph.nodes.map((n) => n.boundingRect), ...groups.map((g) => g.boundingRect ?? g._bounding)];
+        const corners = rects.map(([x, y, w, h]) => [...ds.convertOffsetToCanvas([x, y]), ...ds.convertOffsetToCanvas([x + w, y + h])]);
+        const page = canvas.canvas.getBoundingClientRect();
+        return {scale: ds.scale, low_quality: canvas.low_quality, page: [page.left, page.top],
+                box: [Math.min(...corners.map((c) => c[0])), Math.min(...corners.map((c) => c[1])),
+                      Math.max(...corners.map((c) => c[2])), Math.max(...corners.map((c) => c[3]))]};
+    }""")
+    left, top = opened["page"][0] + opened["box"][0], opened["page"][1] + opened["box"][1]
+    right, bottom = opened["page"][0] + opened["box"][2], opened["page"][1] + opened["box"][3]
+    assert opened["scale"] == pytest.approx(workflow["extra"]["ds"]["scale"]) and opened["scale"] >= 0.6, opened
+    assert FREE_AT[0] <= left and right <= FREE_AT[0] + FREE[0] and FREE_AT[1] <= top and bottom <= FREE_AT[1] + FREE[1], opened
+
+    # A group per stage, holding that stage's nodes as the frontend counts them; the note in none.
+    groups = page.evaluate("""() => (window.app.graph.groups ?? window.app.graph._groups).map((g) => {
+        g.recomputeInsideNodes();
+        return [g.title, [...(g.nodes ?? g._nodes)].map((n) => Number(n.id)).sort((a, b) => a - b)];
+    })""")
+    expected: dict[str, list[int]] = {}
+    for node_id, stage in sorted(stages_of(load_workflow(path.stem)).items(), key=lambda item: int(item[0])):
+        expected.setdefault(STAGES[stage][0], []).append(int(node_id))
+    assert dict(groups) == expected and len(groups) == len(expected)
+    notes = [node for node in workflow["nodes"] if node["type"] == "MarkdownNote"]
+    assert len(notes) == 1 and notes[0]["widgets_values"][0].startswith("## ")
 
     registered = page.evaluate("Object.keys(window.LiteGraph.registered_node_types)")
     assert set(types) <= set(registered), f"not registered in the page: {set(types) - set(registered)}"
@@ -291,7 +325,7 @@ def test_vl_score_queued_from_the_page_shows_its_score_on_the_node(page, server,
     dialog.get_by_text(PACK, exact=True).first.click()
     dialog.locator("[data-testid='template-workflow-vl_score']").click()
     dialog.wait_for(state="detached")
-    wait_until_open(page, "vl_score", len(load_workflow("vl_score")))
+    wait_until_open(page, "vl_score", len(json.loads((REPO / "workflows" / "vl_score.json").read_text())["nodes"]))
 
     # The small run: the test clip, 4 frames of 80 px.
     settings = {"LoadVideo": {"file": sample_video[0]}, **TINY}
